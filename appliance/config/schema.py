@@ -1,0 +1,159 @@
+"""The configuration schema: one model per TOML table.
+
+Models forbid unknown keys so a typo is an error that names the key; titles and
+descriptions are kept on the fields because the settings page is generated from
+this schema.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Rung(Section):
+    # The name is the rung's URL path (/live/<name>/...), so "audio" is taken.
+    name: str = Field(title="Name", pattern=r"^(?!audio$)[A-Za-z0-9_-]{1,32}$")
+    width: int = Field(title="Width", ge=64, le=3840, multiple_of=2)
+    height: int = Field(title="Height", ge=64, le=2160, multiple_of=2)
+    bitrate_kbps: int = Field(title="Bitrate (kbit/s)", ge=100, le=50_000)
+
+
+def _default_ladder() -> list[Rung]:
+    return [Rung(name="720p", width=1280, height=720, bitrate_kbps=3000)]
+
+
+class Video(Section):
+    source: Literal["synthetic", "v4l2", "picamera2", "auto"] = Field(
+        "synthetic", title="Video source", description="auto: Pi camera, else V4L2, else synthetic"
+    )
+    device: str = Field("/dev/video0", title="V4L2 device")
+    width: int = Field(1280, title="Capture width", ge=64, le=3840, multiple_of=2)
+    height: int = Field(720, title="Capture height", ge=64, le=2160, multiple_of=2)
+    fps: int = Field(30, title="Frames per second", ge=1, le=60)
+    encoder: Literal["auto", "x264", "hardware"] = Field(
+        "auto", title="H.264 encoder", description="auto: hardware where the board has one"
+    )
+    x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = Field(
+        "veryfast", title="x264 preset"
+    )
+    ladder: list[Rung] = Field(default_factory=_default_ladder, min_length=1, max_length=6)
+
+    @model_validator(mode="after")
+    def _ladder_fits(self) -> Video:
+        names = [r.name for r in self.ladder]
+        if len(set(names)) != len(names):
+            raise ValueError("video.ladder: rung names must be unique")
+        for i, rung in enumerate(self.ladder):
+            if rung.width > self.width or rung.height > self.height:
+                raise ValueError(
+                    f"video.ladder[{i}] ({rung.name}) is larger than the capture size "
+                    f"{self.width}x{self.height}"
+                )
+        return self
+
+
+class Audio(Section):
+    enabled: bool = Field(True, title="Audio enabled")
+    source: Literal["synthetic", "alsa"] = Field("synthetic", title="Audio source")
+    device: str = Field("default", title="ALSA device")
+    sample_rate: Literal[44100, 48000] = Field(48000, title="Sample rate (Hz)")
+    channels: int = Field(2, title="Channels", ge=1, le=2)
+    bitrate_kbps: int = Field(128, title="AAC bitrate (kbit/s)", ge=32, le=320)
+
+
+class Packager(Section):
+    segment_s: float = Field(2.0, title="Segment duration (s)", ge=1.0, le=10.0)
+    part_s: float = Field(0.2, title="Part duration (s)", ge=0.1, le=1.0)
+    window_s: float = Field(
+        24.0, title="Playlist window (s)", ge=12.0, le=120.0,
+        description="How much of the past the playlists list; older media is dropped",
+    )
+
+    @model_validator(mode="after")
+    def _parts_fit(self) -> Packager:
+        if self.part_s * 2 > self.segment_s:
+            raise ValueError("packager.part_s must be at most half of packager.segment_s")
+        if self.window_s < 6 * self.segment_s:
+            raise ValueError("packager.window_s must be at least 6 x packager.segment_s")
+        return self
+
+
+class Web(Section):
+    listen: str = Field("127.0.0.1:8080", title="Listen address (host:port)")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8080")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class Fleet(Section):
+    broker: str = Field(title="MQTT broker URL", pattern=r"^mqtts?://")
+    device_id: str = Field(title="Device id", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = Field(None, json_schema_extra={"secret": True})
+
+
+class Uplink(Section):
+    name: str = Field(title="Name", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    url: str = Field(title="URL", description="srt://, rtmp:// or rtmps://")
+    enabled: bool = True
+    rung: str | None = Field(None, title="Rung to push", description="default: the top rung")
+    key: str | None = Field(None, title="Stream key", json_schema_extra={"secret": True})
+    passphrase: str | None = Field(
+        None, title="SRT passphrase", min_length=10, max_length=79,
+        json_schema_extra={"secret": True},
+    )
+    streamid: str | None = Field(None, title="SRT stream id")
+    latency_ms: int = Field(120, title="SRT latency (ms)", ge=20, le=8000)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("srt", "rtmp", "rtmps"):
+            raise ValueError("scheme must be srt://, rtmp:// or rtmps://")
+        if not parts.hostname:
+            raise ValueError("URL has no host")
+        return v
+
+
+class Config(Section):
+    video: Video = Field(default_factory=Video)  # type: ignore[arg-type]
+    audio: Audio = Field(default_factory=Audio)  # type: ignore[arg-type]
+    packager: Packager = Field(default_factory=Packager)  # type: ignore[arg-type]
+    web: Web = Field(default_factory=Web)  # type: ignore[arg-type]
+    fleet: Fleet | None = None
+    uplink: list[Uplink] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _uplink_names(self) -> Config:
+        names = [u.name for u in self.uplink]
+        if len(set(names)) != len(names):
+            raise ValueError("uplink names must be unique")
+        rungs = {r.name for r in self.video.ladder}
+        for i, u in enumerate(self.uplink):
+            if u.rung is not None and u.rung not in rungs:
+                raise ValueError(f"uplink[{i}].rung: no rung named {u.rung!r} in video.ladder")
+        return self
