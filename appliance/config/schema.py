@@ -18,11 +18,18 @@ class Section(BaseModel):
 
 
 class Rung(Section):
-    # The name is the rung's URL path (/live/<name>/...), so "audio" is taken.
-    name: str = Field(title="Name", pattern=r"^(?!audio$)[A-Za-z0-9_-]{1,32}$")
+    name: str = Field(title="Name", pattern=r"^[A-Za-z0-9_-]{1,32}$")
     width: int = Field(title="Width", ge=64, le=3840, multiple_of=2)
     height: int = Field(title="Height", ge=64, le=2160, multiple_of=2)
     bitrate_kbps: int = Field(title="Bitrate (kbit/s)", ge=100, le=50_000)
+
+    @field_validator("name")
+    @classmethod
+    def _not_audio(cls, v: str) -> str:
+        # The name is the rung's URL path (/live/<name>/...), and "audio" is taken.
+        if v == "audio":
+            raise ValueError('"audio" is reserved for the audio track')
+        return v
 
 
 def _default_ladder() -> list[Rung]:

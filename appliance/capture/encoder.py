@@ -1,0 +1,170 @@
+"""H.264 and AAC encoders (PyAV) that turn raw frames into EncodedPackets.
+
+Keyframes are placed by media time, not frame count: every rung forces an IDR on
+the first frame at or after each segment boundary, so GOPs line up across rungs
+even when the source skips frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from fractions import Fraction
+
+import av
+from av.video.frame import PictureType
+
+from appliance.capture.source import Captured
+from appliance.media.clock import MediaClock
+from appliance.media.packet import EncodedPacket, TrackInfo
+
+log = logging.getLogger(__name__)
+
+VIDEO_TIME_BASE = Fraction(1, 90000)
+# The Raspberry Pi 4 / Zero 2 W stateful H.264 encoder (bcm2835-codec).
+PI_HW_ENCODER_DEVICE = "/dev/video11"
+
+
+def h264_codecs_string(annexb: bytes) -> str | None:
+    """RFC 6381 "avc1.PPCCLL" from the first SPS in an Annex B access unit."""
+    i = 0
+    while True:
+        i = annexb.find(b"\x00\x00\x01", i)
+        if i < 0 or i + 7 > len(annexb):
+            return None
+        header = annexb[i + 3]
+        if header & 0x1F == 7:  # SPS: profile_idc, constraint flags, level_idc follow
+            return "avc1." + annexb[i + 4 : i + 7].hex()
+        i += 3
+
+
+def hardware_encoder_available() -> bool:
+    return os.path.exists(PI_HW_ENCODER_DEVICE)
+
+
+class VideoEncoder:
+    """One rung: scale the captured frame, encode with x264 (or the Pi's V4L2 M2M encoder)."""
+
+    def __init__(self, name: str, width: int, height: int, fps: int, bitrate_kbps: int,
+                 segment_s: float, clock: MediaClock, preset: str = "veryfast",
+                 hardware: bool = False):
+        self.name, self.width, self.height, self.fps = name, width, height, fps
+        self.bitrate = bitrate_kbps * 1000
+        self.segment_s = segment_s
+        self.clock = clock
+        self.hardware = hardware
+        self._last_segment = -1
+        self._last_slot = -1
+        self.info: TrackInfo | None = None  # known once the first keyframe carries the SPS
+        self.ctx = self._open(preset)
+
+    def _open(self, preset: str) -> av.VideoCodecContext:
+        gop = max(1, round(self.segment_s * self.fps))
+        codec = "h264_v4l2m2m" if self.hardware else "libx264"
+        ctx = av.CodecContext.create(codec, "w")
+        assert isinstance(ctx, av.VideoCodecContext)
+        ctx.width, ctx.height, ctx.pix_fmt = self.width, self.height, "yuv420p"
+        ctx.time_base = VIDEO_TIME_BASE
+        ctx.framerate = Fraction(self.fps)
+        ctx.bit_rate = self.bitrate
+        if self.hardware:
+            # SPS/PPS before every IDR so each segment and any joining viewer can decode.
+            ctx.options = {"repeat_sequence_header": "1"}
+            ctx.gop_size = gop
+        else:
+            # zerolatency: no B-frames, no lookahead, so a frame leaves as soon as it is in.
+            # keyint above the GOP: IDRs come from forced pict_type at segment boundaries.
+            ctx.options = {
+                "preset": preset,
+                "tune": "zerolatency",
+                "x264-params": (
+                    f"keyint={2 * gop}:min-keyint={gop}:scenecut=0:forced-idr=1:"
+                    f"repeat-headers=1:vbv-maxrate={self.bitrate // 1000}:"
+                    f"vbv-bufsize={self.bitrate // 1000}"
+                ),
+            }
+        ctx.open()
+        return ctx
+
+    def encode(self, cap: Captured) -> list[EncodedPacket]:
+        frame = cap.frame
+        assert isinstance(frame, av.VideoFrame)
+        size = (frame.width, frame.height)
+        if size != (self.width, self.height) or frame.format.name != "yuv420p":
+            frame = frame.reformat(self.width, self.height, "yuv420p")
+        # Snap capture times to the nominal frame grid: parts then hold whole frame
+        # durations exactly and never exceed PART-TARGET through camera jitter.
+        slot = max(round(cap.media_ns * self.fps / 1e9), self._last_slot + 1)
+        self._last_slot = slot
+        frame.pts, frame.time_base = slot * 90_000 // self.fps, VIDEO_TIME_BASE
+        segment = int(slot // round(self.segment_s * self.fps))
+        # Decoded/lavfi frames can carry pict_type=I; reset it or x264 makes every frame an IDR.
+        frame.pict_type = PictureType.I if segment != self._last_segment else PictureType.NONE
+        self._last_segment = segment
+        return [self._packet(p) for p in self.ctx.encode(frame)]
+
+    def _packet(self, p: av.Packet) -> EncodedPacket:
+        data = bytes(p)
+        if self.info is None and p.is_keyframe:
+            self.info = TrackInfo(
+                name=self.name, kind="video", codec="h264",
+                codecs=h264_codecs_string(data) or "avc1.640028",
+                time_base=VIDEO_TIME_BASE, bitrate=self.bitrate,
+                width=self.width, height=self.height, fps=Fraction(self.fps),
+            )
+        assert p.pts is not None
+        media_ns = p.pts * 1_000_000_000 // 90_000
+        return EncodedPacket(
+            track=self.name, data=data, pts=p.pts, dts=p.dts if p.dts is not None else p.pts,
+            duration=90_000 // self.fps, time_base=VIDEO_TIME_BASE, keyframe=p.is_keyframe,
+            capture_ns=self.clock.wall_ns(media_ns),
+        )
+
+
+class AudioEncoder:
+    """AAC-LC. Timestamps count samples from the media clock's start."""
+
+    def __init__(self, sample_rate: int, channels: int, bitrate_kbps: int, clock: MediaClock,
+                 name: str = "audio"):
+        self.name = name
+        self.clock = clock
+        self.sample_rate = sample_rate
+        self.time_base = Fraction(1, sample_rate)
+        ctx = av.CodecContext.create("aac", "w")
+        assert isinstance(ctx, av.AudioCodecContext)
+        ctx.sample_rate = sample_rate
+        ctx.layout = "stereo" if channels == 2 else "mono"
+        ctx.format = "fltp"
+        ctx.bit_rate = bitrate_kbps * 1000
+        ctx.time_base = self.time_base
+        ctx.open()
+        self.ctx = ctx
+        self.frame_size = ctx.frame_size or 1024
+        self.resampler = av.AudioResampler(
+            format="fltp", layout=ctx.layout, rate=sample_rate, frame_size=self.frame_size
+        )
+        self.info = TrackInfo(
+            name=name, kind="audio", codec="aac", codecs="mp4a.40.2", time_base=self.time_base,
+            bitrate=ctx.bit_rate, sample_rate=sample_rate, channels=channels,
+            frame_size=self.frame_size,
+        )
+
+    def encode(self, cap: Captured) -> list[EncodedPacket]:
+        frame = cap.frame
+        assert isinstance(frame, av.AudioFrame)
+        frame.pts = round(cap.media_ns * self.sample_rate / 1e9)
+        frame.time_base = self.time_base
+        out: list[EncodedPacket] = []
+        for f in self.resampler.resample(frame):
+            out.extend(self._packet(p) for p in self.ctx.encode(f))
+        # The encoder's priming packets have negative pts: drop them so audio starts at 0
+        # with the video (a 21 ms click-free start is not worth an edit list).
+        return [p for p in out if p.pts >= 0]
+
+    def _packet(self, p: av.Packet) -> EncodedPacket:
+        assert p.pts is not None
+        return EncodedPacket(
+            track=self.name, data=bytes(p), pts=p.pts, dts=p.dts if p.dts is not None else p.pts,
+            duration=p.duration or self.frame_size, time_base=self.time_base, keyframe=True,
+            capture_ns=self.clock.wall_ns(p.pts * 1_000_000_000 // self.sample_rate),
+        )

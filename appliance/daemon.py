@@ -1,0 +1,129 @@
+"""`appliance run`: component lifecycle and supervision.
+
+Expected faults (camera missing) are retried inside components and shown as
+state. An unexpected exception anywhere ends the process with status 1 so that
+systemd restarts it. An invalid config starts safe mode: web up, media off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from appliance.capture.pipeline import CapturePipeline
+from appliance.config.load import DEVICE_CONFIG, ConfigError, dump, load, save_atomic
+from appliance.config.schema import Config
+from appliance.media.bus import MediaBus
+from appliance.media.clock import MediaClock
+from appliance.media.packet import TrackInfo
+from appliance.package.packager import TrackPackager
+from appliance.package.store import SegmentStore
+from appliance.status import StatusHub
+from appliance.web.app import make_app
+
+log = logging.getLogger(__name__)
+
+
+def last_good_path(config_path: Path) -> Path:
+    return config_path.with_name(config_path.name + ".last-good")
+
+
+def resolve_config(path: Path | None, hub: StatusHub) -> tuple[Config, bool]:
+    """The config to run with and whether media may start (False = safe mode)."""
+    if path is None:
+        if not DEVICE_CONFIG.exists():
+            log.info("no config file: using the built-in defaults")
+            return Config(), True
+        path = DEVICE_CONFIG
+    try:
+        cfg = load(path)
+    except ConfigError as exc:
+        for err in exc.errors:
+            log.error("config %s: %s", path, err)
+        hub.update("daemon", safe_mode=True, config_errors=exc.errors, config_path=str(path))
+        fallback = last_good_path(path)
+        try:
+            return load(fallback), False  # its web settings at least are known to work
+        except ConfigError:
+            return Config(), False
+    try:
+        save_atomic(last_good_path(path), dump(cfg))
+    except OSError as exc:
+        log.warning("cannot keep the last-known-good config beside %s: %s", path, exc)
+    return cfg, True
+
+
+class Daemon:
+    def __init__(self, config_path: Path | None, state_dir: Path):
+        self.config_path = config_path
+        self.state_dir = state_dir
+        self.hub = StatusHub()
+        self.store = SegmentStore()
+        self.bus = MediaBus()
+        self.packagers: list[TrackPackager] = []
+        self.pipeline: CapturePipeline | None = None
+        self._stopping = asyncio.Event()
+        self._fatal: BaseException | None = None
+
+    def fatal(self, exc: BaseException) -> None:
+        """Called on the loop when a component hit an unexpected error."""
+        if self._fatal is None:
+            self._fatal = exc
+        self._stopping.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.hub.update("daemon", safe_mode=False, state_dir=str(self.state_dir))
+        cfg, media_ok = resolve_config(self.config_path, self.hub)
+
+        runner = web.AppRunner(make_app(self.hub, self.store), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.web.host, cfg.web.port)
+        await site.start()
+        log.info("serving on http://%s:%d/", cfg.web.host, cfg.web.port)
+
+        if media_ok:
+            self._start_media(cfg, loop)
+        else:
+            log.error("safe mode: media is off until the config is fixed")
+        try:
+            await self._stopping.wait()
+        finally:
+            log.info("stopping")
+            if self.pipeline:
+                await asyncio.to_thread(self.pipeline.stop)
+            for p in self.packagers:
+                await asyncio.to_thread(p.stop)
+            await runner.cleanup()
+        if self._fatal is not None:
+            log.error("exiting after an unexpected error: %r", self._fatal)
+            return 1
+        return 0
+
+    def _start_media(self, cfg: Config, loop: asyncio.AbstractEventLoop) -> None:
+        clock = MediaClock()
+
+        def fatal_threadsafe(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(self.fatal, exc)
+
+        def on_track(info: TrackInfo) -> None:
+            # Called on a capture thread before the track's first packet is published.
+            packager = TrackPackager(info, cfg.packager, self.bus, self.store, self.hub, loop,
+                                     fatal_threadsafe)
+            self.packagers.append(packager)
+            packager.start()
+
+        self.pipeline = CapturePipeline(cfg, clock, self.bus, self.hub, on_track,
+                                        fatal_threadsafe)
+        self.pipeline.start()
+
+
+def run(config_path: Path | None, state_dir: Path) -> int:
+    return asyncio.run(Daemon(config_path, state_dir).run())

@@ -1,0 +1,72 @@
+"""The status hub: the one source of truth that every view (API, LEDs, metrics, fleet) reads.
+
+Components on any thread publish their own section with `update`; views read a
+snapshot or the derived device state. Nothing else keeps a copy of this state.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from typing import Any, Literal
+
+DeviceState = Literal[
+    "starting", "safe_mode", "no_source", "live_local", "connecting", "live", "degraded",
+    "maintenance",
+]
+
+
+class StatusHub:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sections: dict[str, dict[str, Any]] = {}
+        self.version = 0
+        self.started = time.time()
+
+    def update(self, section: str, **fields: Any) -> None:
+        """Merge `fields` into `section` (e.g. "media.video", "package.720p")."""
+        with self._lock:
+            self._sections.setdefault(section, {}).update(fields)
+            self._sections[section]["updated"] = time.time()
+            self.version += 1
+
+    def section(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            return copy.deepcopy(self._sections.get(name, {}))
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            sections = copy.deepcopy(self._sections)
+        return {
+            "state": derive_state(sections),
+            "uptime_s": round(time.time() - self.started, 1),
+            "sections": sections,
+        }
+
+    def state(self) -> DeviceState:
+        with self._lock:
+            return derive_state(self._sections)
+
+
+def derive_state(sections: dict[str, dict[str, Any]]) -> DeviceState:
+    """The device state of SPEC's LED table, from the published sections."""
+    daemon = sections.get("daemon", {})
+    if daemon.get("maintenance"):
+        return "maintenance"
+    if daemon.get("safe_mode"):
+        return "safe_mode"
+    video = sections.get("media.video", {})
+    if video.get("state") == "no_source":
+        return "no_source"
+    if video.get("state") != "live":
+        return "starting"
+    uplinks = [v for k, v in sections.items() if k.startswith("uplink.") and v.get("enabled")]
+    if not uplinks:
+        return "live_local"
+    states = [u.get("state") for u in uplinks]
+    if all(s == "live" for s in states):
+        return "live"
+    if any(s == "live" for s in states):
+        return "degraded"
+    return "connecting"
