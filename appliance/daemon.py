@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import tomllib
 from pathlib import Path
 
 from aiohttp import web
 
 from appliance.capture.pipeline import CapturePipeline
 from appliance.config.load import DEVICE_CONFIG, ConfigError, dump, load, save_atomic
-from appliance.config.schema import Config
+from appliance.config.schema import Config, Web
 from appliance.media.bus import MediaBus
 from appliance.media.clock import MediaClock
 from appliance.media.packet import TrackInfo
@@ -45,16 +46,29 @@ def resolve_config(path: Path | None, hub: StatusHub) -> tuple[Config, bool]:
         for err in exc.errors:
             log.error("config %s: %s", path, err)
         hub.update("daemon", safe_mode=True, config_errors=exc.errors, config_path=str(path))
-        fallback = last_good_path(path)
-        try:
-            return load(fallback), False  # its web settings at least are known to work
-        except ConfigError:
-            return Config(), False
+        return safe_mode_config(path), False
     try:
         save_atomic(last_good_path(path), dump(cfg))
     except OSError as exc:
         log.warning("cannot keep the last-known-good config beside %s: %s", path, exc)
     return cfg, True
+
+
+def safe_mode_config(path: Path) -> Config:
+    """What to serve the web page with while the config at `path` is invalid.
+
+    The last-known-good config, else the defaults; with the broken file's own [web]
+    table when that part is valid, so the page is where the user expects it.
+    """
+    try:
+        cfg = load(last_good_path(path))
+    except ConfigError:
+        cfg = Config()
+    try:
+        web = Web.model_validate(tomllib.loads(path.read_text(encoding="utf-8")).get("web", {}))
+    except (OSError, ValueError, AttributeError):  # unreadable, bad TOML, or bad [web]
+        return cfg
+    return cfg.model_copy(update={"web": web})
 
 
 class Daemon:

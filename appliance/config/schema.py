@@ -80,7 +80,8 @@ class Packager(Section):
     part_s: float = Field(0.2, title="Part duration (s)", ge=0.1, le=1.0)
     window_s: float = Field(
         24.0, title="Playlist window (s)", ge=12.0, le=120.0,
-        description="How much of the past the playlists list; older media is dropped",
+        description="How much media is kept; playlists list a little less, so that a segment "
+        "stays downloadable for a while after it leaves them",
     )
 
     @model_validator(mode="after")

@@ -1,0 +1,241 @@
+"""HTTP routes under /live: LL-HLS playlists (with blocking reload) and CMAF media.
+
+Each route is a plain aiohttp handler, so a middleware (playback tokens) can wrap them.
+Playlists come from appliance.package.hls; this module only parses, waits and replies.
+Every reply of these routes, errors included, carries CORS headers: playback is open to
+other pages. Route names all start with "live-", for a middleware to recognise them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.web_response import ContentCoding
+
+from appliance.package import hls
+from appliance.package.store import SegmentStore, TrackStore
+
+PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+
+# Track names are rung names or "audio": no dot or slash, so no traversal can match.
+_TRACK = r"{track:[A-Za-z0-9][A-Za-z0-9_-]{0,31}}"
+_MSN = r"{msn:[0-9]{1,15}}"
+_PART = r"{part:[0-9]{1,6}}"
+
+CORS = {"Access-Control-Allow-Origin": "*"}
+_PREFLIGHT = {
+    "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+    "Access-Control-Max-Age": "600",
+}
+_HEADER_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~, -]{0,512}")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _Reply(Exception):
+    """Raised inside a handler to answer at once with a short plain-text status."""
+
+    def __init__(self, status: int, text: str, retry_after: int | None = None):
+        super().__init__(text)
+        self.status = status
+        self.text = text
+        self.retry_after = retry_after
+
+    def response(self) -> web.Response:
+        headers = {**CORS, "Cache-Control": "no-store"}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
+        return web.Response(status=self.status, text=self.text + "\n", headers=headers)
+
+
+def _live(handler: Handler) -> Handler:
+    """Turn _Reply into its response and put CORS on every reply."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            resp = await handler(request)
+        except _Reply as reply:
+            return reply.response()
+        resp.headers.update(CORS)
+        return resp
+
+    return wrapped
+
+
+class LiveRoutes:
+    """The /live handlers over one segment store."""
+
+    def __init__(self, store: SegmentStore):
+        self.store = store
+        self._timing: hls.Timing | None = None
+        self._timing_for: tuple[int, ...] = ()
+
+    # -- shared --------------------------------------------------------------------------
+
+    def timing(self) -> hls.Timing:
+        """Current timing, latched so the Target Duration never shrinks (§6.2.1).
+
+        The latch restarts when the set of tracks changes (the pipeline was rebuilt).
+        """
+        current = hls.store_timing(self.store)
+        if current is None:
+            raise _Reply(503, "live stream not started", retry_after=1)
+        key = tuple(id(t) for t in self.store.tracks.values())
+        if self._timing is None or key != self._timing_for:
+            self._timing, self._timing_for = current, key
+        else:
+            self._timing = self._timing.merged(current)
+        return self._timing
+
+    def track(self, request: web.Request) -> TrackStore:
+        track = self.store.tracks.get(request.match_info["track"])
+        if track is None:
+            raise _Reply(404, "no such track")
+        return track
+
+    # -- playlists -------------------------------------------------------------------------
+
+    async def multivariant(self, request: web.Request) -> web.StreamResponse:
+        text = hls.render_multivariant(self.store)
+        if text is None:
+            raise _Reply(503, "live stream not started", retry_after=1)
+        return _playlist(request, text, "no-cache")
+
+    async def media_playlist(self, request: web.Request) -> web.StreamResponse:
+        track = self.track(request)
+        try:
+            directives = hls.parse_directives(request.query.items())
+        except hls.HlsRequestError as exc:
+            raise _Reply(400, str(exc)) from None
+        timing = self.timing()
+        if track.last_position() is None and not await wait_until(
+                track, lambda: track.last_position() is not None, timing.block_limit):
+            raise _Reply(503, "track not started", retry_after=1)
+        if directives.msn is not None:
+            await self._block(track, timing, directives.msn, directives.part)
+        text = hls.render_media_playlist(self.store, track, self.timing(), directives.skip)
+        if text is None:
+            raise _Reply(503, "track not started", retry_after=1)
+        # A blocking response names one playlist version: a cache may keep it a little.
+        # A plain request wants the newest.
+        cache = "no-cache" if directives.msn is None else f"max-age={timing.target_duration}"
+        return _playlist(request, text, cache)
+
+    async def _block(self, track: TrackStore, timing: hls.Timing, msn: int,
+                     part: int | None) -> None:
+        try:
+            hls.check_blocking_request(track, timing, msn, part)
+        except hls.HlsRequestError as exc:
+            raise _Reply(400, str(exc)) from None
+        ready = await wait_until(track, lambda: hls.playlist_ready(track, msn, part),
+                                 timing.block_limit)
+        if not ready:
+            # §6.2.5.2: after three target durations, SHOULD answer Service Unavailable.
+            raise _Reply(503, "requested playlist update did not arrive in time")
+
+    # -- media -----------------------------------------------------------------------------
+
+    async def init(self, request: web.Request) -> web.StreamResponse:
+        track = self.track(request)
+        if track.init is None:
+            raise _Reply(503, "track not started", retry_after=1)
+        # The header changes when the pipeline restarts with other settings: revalidate.
+        return _media(track, track.init, "no-cache")
+
+    async def segment(self, request: web.Request) -> web.StreamResponse:
+        track = self.track(request)
+        seg = track.segment(int(request.match_info["msn"]))
+        if seg is None or not seg.complete:
+            raise _Reply(404, "no such segment")
+        return _media(track, seg.data, _media_cache(track))
+
+    async def part(self, request: web.Request) -> web.StreamResponse:
+        track = self.track(request)
+        msn, index = int(request.match_info["msn"]), int(request.match_info["part"])
+        timing = self.timing()
+        state = hls.part_state(track, timing, msn, index)
+        if state == "pending":
+            # §6.2.6: hold a request for a hinted (or soon expected) part until it exists,
+            # and answer 404 if it turns out it never will.
+            await wait_until(track, lambda: hls.part_state(track, timing, msn, index) != "pending",
+                             timing.block_limit)
+        found = track.part(msn, index)
+        if found is None:
+            raise _Reply(404, "no such part")
+        return _media(track, found.data, _media_cache(track))
+
+    async def preflight(self, request: web.Request) -> web.StreamResponse:
+        headers = dict(_PREFLIGHT)
+        wanted = request.headers.get("Access-Control-Request-Headers", "")
+        if wanted and _HEADER_LIST.fullmatch(wanted):
+            headers["Access-Control-Allow-Headers"] = wanted
+        return web.Response(status=204, headers=headers)
+
+
+async def wait_until(track: TrackStore, ready: Callable[[], bool], timeout: float) -> bool:
+    """Wait on the track's condition until `ready()`; False after `timeout` seconds.
+
+    Like TrackStore.wait_for, with any predicate: the spec's rules (part index past the
+    last one of a segment, parts that will never come) do not fit has(msn, part).
+    """
+    if ready():
+        return True
+    try:
+        async with asyncio.timeout(timeout), track.changed:
+            await track.changed.wait_for(ready)
+    except TimeoutError:
+        return ready()
+    return True
+
+
+def _playlist(request: web.Request, text: str, cache: str) -> web.Response:
+    resp = web.Response(body=text.encode(), content_type=PLAYLIST_TYPE,
+                        headers={"Cache-Control": cache, "Vary": "Accept-Encoding"})
+    if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        # §6.2.1: playlists SHOULD go gzip when the client takes it. aiohttp alone would
+        # pick deflate first when both are offered.
+        resp.enable_compression(ContentCoding.gzip)
+    return resp
+
+
+def _accepts_gzip(header: str) -> bool:
+    for item in header.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() not in ("gzip", "x-gzip"):
+            continue
+        q = params.strip().lower()
+        return not re.fullmatch(r"q\s*=\s*0(\.0{0,3})?", q)
+    return False
+
+
+def _media(track: TrackStore, data: bytes, cache: str) -> web.Response:
+    ctype = "video/mp4" if track.info.kind == "video" else "audio/mp4"
+    return web.Response(body=data, content_type=ctype, headers={"Cache-Control": cache})
+
+
+def _media_cache(track: TrackStore) -> str:
+    # Immutable while held, but the sequence numbers restart with the daemon: do not let
+    # a cache keep a name longer than the store keeps the media.
+    return f"public, max-age={max(1, int(track.window_s))}"
+
+
+def setup_live(app: web.Application, store: SegmentStore) -> None:
+    """Install the /live routes, serving what `store` holds (it may have no tracks yet)."""
+    live = LiveRoutes(store)
+    routes: list[tuple[str, str, Handler]] = [
+        ("live-multivariant", f"/live/{hls.MEDIA_PLAYLIST}", live.multivariant),
+        ("live-media-playlist", f"/live/{_TRACK}/{hls.MEDIA_PLAYLIST}", live.media_playlist),
+        ("live-init", f"/live/{_TRACK}/{hls.INIT_URI}", live.init),
+        ("live-segment", f"/live/{_TRACK}/seg{_MSN}.m4s", live.segment),
+        ("live-part", f"/live/{_TRACK}/part{_MSN}.{_PART}.m4s", live.part),
+    ]
+    # No catch-all under /live: it would shadow routes added later (the DASH MPD), so
+    # other paths get aiohttp's plain 404.
+    for name, path, handler in routes:
+        resource = app.router.add_resource(path, name=name)
+        resource.add_route("GET", _live(handler))
+        resource.add_route("HEAD", _live(handler))
+        resource.add_route("OPTIONS", _live(live.preflight))

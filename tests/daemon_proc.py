@@ -1,0 +1,81 @@
+"""Start the real `appliance run` as a child process on a free loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class DaemonProc:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str, timeout: float = 10) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            return bytes(r.read())
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+def default_config(port: int, extra: str = "") -> str:
+    return f'[web]\nlisten = "127.0.0.1:{port}"\n' + extra
+
+
+@contextlib.contextmanager
+def running_daemon(tmp_path: Path, config: str | None = None, extra: str = "",
+                   wait_for: str | None = "/healthz", timeout: float = 20) -> Iterator[DaemonProc]:
+    """Run the daemon with `config` (default: synthetic source + `extra` TOML)."""
+    port = free_port()
+    cfg = tmp_path / "appliance.toml"
+    cfg.write_text(config.replace("{port}", str(port)) if config else default_config(port, extra))
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "run", "--config", str(cfg),
+             "--state-dir", str(tmp_path / "state")],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ},
+        )
+    d = DaemonProc(proc, f"http://127.0.0.1:{port}", log_path)
+    try:
+        if wait_for is not None:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"daemon exited {proc.returncode}:\n{d.log()}")
+                try:
+                    d.get(wait_for, timeout=2)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{wait_for} not served:\n{d.log()}") from None
+                    time.sleep(0.1)
+        yield d
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
