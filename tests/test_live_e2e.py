@@ -234,7 +234,8 @@ def test_valid_config_is_kept_as_last_known_good_for_safe_mode(tmp_path: Path) -
     last_good = tmp_path / "appliance.toml.last-good"
     assert load(last_good).video.fps == 25
     # Break the config: safe mode, and the last-known-good copy is left as it was.
-    broken = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:{port}", (tmp_path / "appliance.toml").read_text())
+    text = (tmp_path / "appliance.toml").read_text()
+    broken = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:{port}", text)
     before = last_good.read_text()
     with running_daemon(tmp_path, config=broken + "bogus = 1\n") as d:
         assert json.loads(d.get("/healthz"))["state"] == "safe_mode"
