@@ -8,21 +8,22 @@ even when the source skips frames.
 from __future__ import annotations
 
 import logging
-import os
 from fractions import Fraction
 
 import av
 from av.video.frame import PictureType
 
-from appliance.capture.source import Captured
+from appliance.capture.source import Captured, SourceError
 from appliance.media.clock import MediaClock
 from appliance.media.packet import EncodedPacket, TrackInfo
+from appliance.media.stamp import carry_stamp, luma
 
 log = logging.getLogger(__name__)
 
 VIDEO_TIME_BASE = Fraction(1, 90000)
-# The Raspberry Pi 4 / Zero 2 W stateful H.264 encoder (bcm2835-codec).
-PI_HW_ENCODER_DEVICE = "/dev/video11"
+# The Raspberry Pi 4 / Zero 2 W stateful H.264 encoder (bcm2835-codec); Pi 5 has none.
+PI_H264_ENCODER = "/dev/video11"
+PI_H264_ENCODER_CARD = "bcm2835-codec-encode"
 
 
 def h264_codecs_string(annexb: bytes) -> str | None:
@@ -38,8 +39,14 @@ def h264_codecs_string(annexb: bytes) -> str | None:
         i += 3
 
 
-def hardware_encoder_available() -> bool:
-    return os.path.exists(PI_HW_ENCODER_DEVICE)
+def hardware_h264_available() -> bool:
+    """The Pi's V4L2 H.264 encoder, identified as picamera2 does: by its card name."""
+    from appliance.capture.v4l2 import query_caps
+
+    try:
+        return query_caps(PI_H264_ENCODER).card == PI_H264_ENCODER_CARD
+    except SourceError:
+        return False
 
 
 class VideoEncoder:
@@ -87,11 +94,14 @@ class VideoEncoder:
         return ctx
 
     def encode(self, cap: Captured) -> list[EncodedPacket]:
-        frame = cap.frame
-        assert isinstance(frame, av.VideoFrame)
-        size = (frame.width, frame.height)
-        if size != (self.width, self.height) or frame.format.name != "yuv420p":
-            frame = frame.reformat(self.width, self.height, "yuv420p")
+        frame = source = cap.frame
+        assert isinstance(source, av.VideoFrame) and isinstance(frame, av.VideoFrame)
+        size = (source.width, source.height)
+        if size != (self.width, self.height) or source.format.name != "yuv420p":
+            frame = source.reformat(self.width, self.height, "yuv420p")
+            # Scaling by an odd ratio smears the latency stamp's cells: redraw it (a
+            # no-op for pictures without a stamp) so every rung carries a readable one.
+            carry_stamp(luma(source), luma(frame))
         # Snap capture times to the nominal frame grid: parts then hold whole frame
         # durations exactly and never exceed PART-TARGET through camera jitter.
         slot = max(round(cap.media_ns * self.fps / 1e9), self._last_slot + 1)

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Literal
 
 from appliance.backoff import Backoff
-from appliance.capture.encoder import AudioEncoder, VideoEncoder, hardware_encoder_available
+from appliance.capture.encoder import AudioEncoder, VideoEncoder, hardware_h264_available
+from appliance.capture.picamera import PicameraSource
 from appliance.capture.source import AudioSource, SourceError, VideoSource
 from appliance.config.schema import Config
 from appliance.media.bus import MediaBus
@@ -23,7 +24,9 @@ from appliance.status import StatusHub
 
 log = logging.getLogger(__name__)
 
-OpenSource = Callable[[], VideoSource | AudioSource | None]
+OpenSource = Callable[[], VideoSource | AudioSource | PicameraSource | None]
+# A push source (the Pi camera) that delivers nothing for this long has stalled.
+STALL_S = 3.0
 
 
 class CapturePipeline:
@@ -42,7 +45,7 @@ class CapturePipeline:
 
         video = self.cfg.video
         hardware = video.encoder == "hardware" or (
-            video.encoder == "auto" and hardware_encoder_available()
+            video.encoder == "auto" and hardware_h264_available()
         )
         encoders = [
             VideoEncoder(r.name, r.width, r.height, video.fps, r.bitrate_kbps,
@@ -50,7 +53,8 @@ class CapturePipeline:
                          hardware=hardware and i == 0)  # the budget fits one HW session
             for i, r in enumerate(video.ladder)
         ]
-        self._spawn("video", lambda: open_video(video, self.clock), encoders)
+        gop_s = self.cfg.packager.segment_s
+        self._spawn("video", lambda: open_video(video, self.clock, gop_s=gop_s), encoders)
         if self.cfg.audio.enabled:
             audio = self.cfg.audio
             aenc = AudioEncoder(audio.sample_rate, audio.channels, audio.bitrate_kbps, self.clock)
@@ -93,6 +97,9 @@ class CapturePipeline:
             if src is None:
                 return
             self.hub.update(section, state="starting", error=None, source=type(src).__name__)
+            if isinstance(src, PicameraSource):
+                self._run_pushed(section, src, backoff)
+                continue
             window_start, window_frames = time.monotonic(), 0
             try:
                 while not self._stop.is_set():
@@ -115,6 +122,27 @@ class CapturePipeline:
                 self._stop.wait(backoff.next_delay())
             finally:
                 src.close()
+
+    def _run_pushed(self, section: str, src: PicameraSource, backoff: Backoff) -> None:
+        """The Pi camera encodes the top rung itself and pushes packets from its thread."""
+        if len(self.cfg.video.ladder) > 1:
+            log.warning("Pi camera: only the top rung is encoded; lower rungs are not built yet")
+        try:
+            src.start(lambda pkt: self._publish(src.info, pkt))
+            self.hub.update(section, state="live", encoder=src.encoder_kind)
+            last = src.packets
+            while not self._stop.wait(STALL_S):
+                if src.packets == last:
+                    raise SourceError(f"the Pi camera delivered nothing for {STALL_S:.0f} s")
+                last = src.packets
+                self.hub.update(section, state="live", frames=last)
+                backoff.reset()
+        except SourceError as exc:
+            log.warning("video source failed: %s", exc)
+            self.hub.update(section, state="no_source", error=str(exc))
+            self._stop.wait(backoff.next_delay())
+        finally:
+            src.stop()
 
     def _publish(self, info: TrackInfo | None, pkt: EncodedPacket) -> None:
         if info is None:  # no keyframe yet, so no codec string: nobody could decode it anyway
