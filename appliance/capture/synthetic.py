@@ -261,6 +261,7 @@ class SyntheticAudio:
         self._background = background
         self._layout = "stereo" if channels == 2 else "mono"
         self._next: int | None = None  # first sample of the next frame
+        self._period: np.ndarray | None = None  # one second of interleaved s16, made once
         # Where media time zero falls within its wall-clock second, scaled by the rate so
         # the on/off test per sample stays in exact integers.
         self._phase0 = (clock.start_wall_ns % NS) * sample_rate
@@ -303,9 +304,20 @@ class SyntheticAudio:
         return out
 
     def render(self, start: int) -> av.AudioFrame:
-        mono = np.round(self.samples(start, self.frame_size) * 32767).astype(np.int16)
-        interleaved = np.repeat(mono, self.channels).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(interleaved, format="s16", layout=self._layout)
+        # The sound repeats every second, so frames are slices of one precomputed second:
+        # per-frame synthesis would cost more CPU than the AAC encoder.
+        if self._period is None:
+            mono = np.round(self.samples(0, self.sample_rate) * 32767).astype(np.int16)
+            self._period = np.repeat(mono, self.channels)
+        offset = (start % self.sample_rate) * self.channels
+        count = self.frame_size * self.channels
+        end = offset + count
+        period = self._period
+        interleaved = (period[offset:end] if end <= period.size
+                       else np.concatenate((period[offset:], period[: end - period.size])))
+        frame = av.AudioFrame.from_ndarray(
+            interleaved.reshape(1, -1), format="s16", layout=self._layout
+        )
         frame.sample_rate = self.sample_rate
         return frame
 
