@@ -127,10 +127,16 @@ class Daemon:
         def fatal_threadsafe(exc: BaseException) -> None:
             loop.call_soon_threadsafe(self.fatal, exc)
 
+        # Media sequence numbers must keep growing across restarts, or a player or cache
+        # could take new media for old. Start at the start time in tenths of a second:
+        # that outpaces a run's own (at most 1 segment/s), so a run that lasted over 0.1 s
+        # ended below the next run's first number.
+        first_msn = clock.start_wall_ns // 100_000_000
+
         def on_track(info: TrackInfo) -> None:
             # Called on a capture thread before the track's first packet is published.
             packager = TrackPackager(info, cfg.packager, self.bus, self.store, self.hub, loop,
-                                     fatal_threadsafe)
+                                     fatal_threadsafe, first_msn)
             self.packagers.append(packager)
             packager.start()
 

@@ -51,6 +51,7 @@ def running_daemon(tmp_path: Path, config: str | None = None, extra: str = "",
                    wait_for: str | None = "/healthz", timeout: float = 20) -> Iterator[DaemonProc]:
     """Run the daemon with `config` (default: synthetic source + `extra` TOML)."""
     port = free_port()
+    tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = tmp_path / "appliance.toml"
     cfg.write_text(config.replace("{port}", str(port)) if config else default_config(port, extra))
     log_path = tmp_path / "daemon.log"

@@ -175,11 +175,21 @@ def test_garbage_query_gives_400(live: DaemonProc, query: str) -> None:
     assert err.value.code == 400
 
 
-def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
-    with running_daemon(tmp_path) as d:
-        wait_playlist(d, "/live/720p/index.m3u8", r"#EXT-X-PART:")
+def msns(playlist: str) -> list[int]:
+    """The segment numbers named by the segment and part URIs of a media playlist."""
+    return [int(n) for n in re.findall(r"(?:seg|part)(\d+)[.]", playlist)]
+
+
+def test_sigterm_stops_cleanly_and_a_restart_never_reuses_segment_numbers(
+    tmp_path: Path,
+) -> None:
+    with running_daemon(tmp_path / "first") as d:
+        before = wait_playlist(d, "/live/720p/index.m3u8", r"#EXTINF(?s:.*)#EXT-X-PART:")
         assert d.stop() == 0
         assert "stopping" in d.log()
+    with running_daemon(tmp_path / "second") as d:
+        after = wait_playlist(d, "/live/720p/index.m3u8", r"#EXT-X-PART:")
+    assert min(msns(after)) > max(msns(before))
 
 
 def test_missing_v4l2_device_gives_no_source_and_keeps_serving(tmp_path: Path) -> None:

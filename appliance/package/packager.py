@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 class TrackPackager:
     def __init__(self, info: TrackInfo, cfg: PackagerConfig, bus: MediaBus, store: SegmentStore,
                  hub: StatusHub, loop: asyncio.AbstractEventLoop,
-                 on_fatal: Callable[[BaseException], None]):
+                 on_fatal: Callable[[BaseException], None], first_msn: int = 0):
         self.info = info
         self.cfg = cfg
         self.store = store
@@ -28,7 +28,7 @@ class TrackPackager:
         self.loop = loop
         self.on_fatal = on_fatal
         self.muxer = CmafMuxer(info, cfg.part_s, cfg.segment_s)
-        self.track = TrackStore(info, cfg.part_s, cfg.segment_s, cfg.window_s)
+        self.track = TrackStore(info, cfg.part_s, cfg.segment_s, cfg.window_s, first_msn)
         self.sub: Subscription = bus.subscribe({info.name}, maxlen=int(10 * cfg.segment_s * 60))
         self.parts = 0
         self._thread = threading.Thread(target=self._run, name=f"package-{info.name}", daemon=True)

@@ -47,8 +47,10 @@ class Segment:
 class TrackStore:
     """One track's window of media, plus a condition that wakes blocked requests."""
 
-    def __init__(self, info: TrackInfo, part_target: float, segment_target: float, window_s: float):
+    def __init__(self, info: TrackInfo, part_target: float, segment_target: float, window_s: float,
+                 first_msn: int = 0):
         self.info = info
+        self.first_msn = first_msn
         self.part_target = part_target
         self.segment_target = segment_target
         self.window_s = window_s
@@ -70,7 +72,7 @@ class TrackStore:
         if new_segment or open_seg is None:
             if open_seg is not None:
                 open_seg.complete = True
-            msn = self.segments[-1].msn + 1 if self.segments else 0
+            msn = self.segments[-1].msn + 1 if self.segments else self.first_msn
             open_seg = Segment(msn=msn, start=start, wall_ns=wall_ns)
             self.segments.append(open_seg)
         open_seg.parts.append(Part(len(open_seg.parts), data, start, duration, independent))
