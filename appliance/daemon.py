@@ -140,6 +140,9 @@ class Daemon:
             self.packagers.append(packager)
             packager.start()
 
+        self.store.expected = {r.name for r in cfg.video.ladder}
+        if cfg.audio.enabled:
+            self.store.expected.add("audio")
         self.pipeline = CapturePipeline(cfg, clock, self.bus, self.hub, on_track,
                                         fatal_threadsafe)
         self.pipeline.start()

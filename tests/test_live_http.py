@@ -447,3 +447,30 @@ async def test_store_window_stays_bounded_while_serving(live: Live) -> None:
         assert len(text) < 8000
     held = sum(len(s.parts) for t in live.store.tracks.values() for s in t.segments)
     assert held <= 2 * (12 / 0.19 + 15)  # the window of two tracks, not 600 s of media
+
+
+async def test_multivariant_waits_briefly_for_tracks_still_starting() -> None:
+    from tests.test_hls_playlist import AUDIO
+
+    store = SegmentStore()
+    feeder = Feeder(store, audio=False)
+    feeder.advance_to(1.0)
+    store.expected = {"720p", "audio"}
+    async with serve(store, feeder) as running:
+        async def audio_arrives() -> None:
+            await asyncio.sleep(0.3)
+            track = TrackStore(AUDIO, 0.2, 1.0, 12.0)
+            track.set_init(b"init-audio")
+            store.add_track(track)
+
+        arrival = asyncio.create_task(audio_arrives())
+        resp = await running.client.get("/live/index.m3u8")
+        assert resp.status == 200
+        assert "TYPE=AUDIO" in await resp.text()  # not served before the audio track was
+        await arrival
+
+        # A track that never comes (its source is missing) delays the playlist, not forever.
+        store.expected.add("1080p")
+        t0 = time.monotonic()
+        resp = await running.client.get("/live/index.m3u8")
+        assert resp.status == 200 and 1.5 < time.monotonic() - t0 < 3.0

@@ -155,6 +155,13 @@ class SegmentStore:
 
     def __init__(self) -> None:
         self.tracks: dict[str, TrackStore] = {}
+        # The tracks the pipeline will make; the multivariant playlist waits a moment for
+        # them so that a player arriving at start-up is not given video without audio.
+        self.expected: set[str] = set()
+
+    @property
+    def all_expected_present(self) -> bool:
+        return self.expected <= self.tracks.keys()
 
     def add_track(self, track: TrackStore) -> None:
         self.tracks[track.info.name] = track

@@ -26,6 +26,7 @@ _MSN = r"{msn:[0-9]{1,15}}"
 _PART = r"{part:[0-9]{1,6}}"
 
 CORS = {"Access-Control-Allow-Origin": "*"}
+EXPECTED_WAIT_STEPS = 20  # x 0.1 s
 _PREFLIGHT = {
     "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
     "Access-Control-Max-Age": "600",
@@ -99,6 +100,11 @@ class LiveRoutes:
     # -- playlists -------------------------------------------------------------------------
 
     async def multivariant(self, request: web.Request) -> web.StreamResponse:
+        # Tracks appear within ~0.1 s of each other at start-up; a missing source's never do.
+        for _ in range(EXPECTED_WAIT_STEPS):
+            if self.store.all_expected_present:
+                break
+            await asyncio.sleep(0.1)
         text = hls.render_multivariant(self.store)
         if text is None:
             raise _Reply(503, "live stream not started", retry_after=1)
