@@ -46,20 +46,20 @@ def flash_onsets(data: bytes) -> list[float]:
 
 
 def burst_onsets(data: bytes) -> list[float]:
-    """Media times (s) where the 1 kHz burst starts: the envelope crosses half its peak."""
-    chunks, start = [], None
+    """Media times (s) where the 1 kHz burst starts: the envelope crosses a quarter of its
+    peak. Each sample's time comes from its own decoded frame's timestamp."""
+    chunks, times = [], []
     with _decode(data) as c:
         for frame in c.decode(audio=0):
-            if start is None:
-                start = float(frame.time)
-            chunks.append(frame.to_ndarray()[0])
-    assert start is not None
+            samples = frame.to_ndarray()[0]
+            chunks.append(samples)
+            times.append(float(frame.time) + np.arange(samples.size) / frame.sample_rate)
     x = np.abs(np.concatenate(chunks))
-    rate = 48000
+    t = np.concatenate(times)
     env = np.convolve(x, np.ones(48) / 48, mode="same")  # 1 ms window
     loud = env > env.max() / 4
     edges = np.flatnonzero(loud[1:] & ~loud[:-1]) + 1
-    return [start + i / rate for i in edges if i > rate // 10]
+    return [float(t[i]) for i in edges if t[i] - t[0] > 0.1]
 
 
 def av_offsets(d: DaemonProc, segments: int = 3) -> list[float]:

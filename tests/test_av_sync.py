@@ -16,6 +16,6 @@ def test_flash_and_beep_line_up_within_one_frame(tmp_path: Path) -> None:
             wait_playlist(d, f"/live/{track}/index.m3u8", r"(?s)(#EXTINF.*){4}")
         offsets = av_offsets(d)
     assert len(offsets) >= 4, offsets
-    # The flash shows on the first frame at or after the second (up to a frame late);
-    # the decoded AAC onset lands a few ms late. Either way: within one frame.
-    assert all(abs(off) <= 1 / 30 for off in offsets), offsets
+    # The beep starts on the exact sample of each second; the flash on the first frame at
+    # or after it: so the flash is 0 to 1 frame late, never early.
+    assert all(-0.002 <= off <= 1 / 30 + 0.002 for off in offsets), offsets

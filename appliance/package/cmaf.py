@@ -73,7 +73,10 @@ class CmafMuxer:
         self._container = av.open(
             self._sink, "w", format="mp4",
             options={
-                "movflags": "empty_moov+default_base_moof+frag_keyframe+cmaf+skip_trailer",
+                # frag_discont: tfdt carries our timestamps; without it the muxer restarts
+                # each track at zero, and tracks that started apart fall out of sync.
+                "movflags": "empty_moov+default_base_moof+frag_keyframe+cmaf+skip_trailer"
+                "+frag_discont",
                 # A hair under the exact part length so float rounding never adds a frame.
                 "frag_duration": str(int(frag_us) - 5),
                 # A prft box before each moof; its NTP time is set to the capture time below.
