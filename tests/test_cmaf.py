@@ -23,11 +23,14 @@ PART_S, SEGMENT_S = 0.2, 2.0
 FIRST_VIDEO_FRAME, FIRST_AUDIO_FRAME = 7, 5
 
 
-def video_parts(clock: MediaClock, fps: int = 30) -> tuple[bytes, list[MuxedPart]]:
-    enc = VideoEncoder("720p", 640, 360, fps, 1000, SEGMENT_S, clock, "ultrafast")
+def video_parts(clock: MediaClock, fps: int = 30, skip: frozenset[int] = frozenset(),
+                enc: VideoEncoder | None = None) -> tuple[bytes, list[MuxedPart]]:
+    enc = enc or VideoEncoder("720p", 640, 360, fps, 1000, SEGMENT_S, clock, "ultrafast")
     mux: CmafMuxer | None = None
     parts: list[MuxedPart] = []
     for n in range(FIRST_VIDEO_FRAME, FIRST_VIDEO_FRAME + SECONDS * fps):
+        if n in skip:  # the source fell behind and skipped this frame
+            continue
         y = np.full((360 * 3 // 2, 640), 128, np.uint8)
         y[:360, (n * 8) % 600 : (n * 8) % 600 + 40] = 235
         frame = av.VideoFrame.from_ndarray(y, format="yuv420p")
@@ -40,11 +43,14 @@ def video_parts(clock: MediaClock, fps: int = 30) -> tuple[bytes, list[MuxedPart
     return mux.init, parts
 
 
-def audio_parts(clock: MediaClock) -> tuple[bytes, list[MuxedPart]]:
-    enc = AudioEncoder(48000, 2, 128, clock)
+def audio_parts(clock: MediaClock, skip: frozenset[int] = frozenset(),
+                enc: AudioEncoder | None = None) -> tuple[bytes, list[MuxedPart]]:
+    enc = enc or AudioEncoder(48000, 2, 128, clock)
     mux = CmafMuxer(enc.info, PART_S, SEGMENT_S)
     parts: list[MuxedPart] = []
     for k in range(FIRST_AUDIO_FRAME, FIRST_AUDIO_FRAME + SECONDS * 48000 // 1024):
+        if k in skip:
+            continue
         t = np.arange(k * 1024, (k + 1) * 1024) / 48000
         samples = np.tile((0.3 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), (2, 1))
         frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="stereo")
@@ -135,3 +141,31 @@ def test_audio_track_follows_cmaf_rules(tmp_path: Path) -> None:
     path = tmp_path / "a.mp4"
     path.write_bytes(init + b"".join(p.data for p in parts))
     assert ffprobe_frames(path, "audio") == len(parts) * 9
+
+
+def test_frames_the_source_skipped_are_repeated_not_left_as_holes(tmp_path: Path) -> None:
+    clock = MediaClock()
+    enc = VideoEncoder("720p", 640, 360, 30, 1000, SEGMENT_S, clock, "ultrafast")
+    skip = frozenset({20, 21, 45, 59, 60})  # 60: the slot of a segment's keyframe
+    init, parts = video_parts(clock, skip=skip, enc=enc)
+    check_track(init, parts, clock)  # back-to-back tfdt, every part within PART-TARGET
+    assert enc.repeated == len(skip)
+    for a, b in zip(parts, parts[1:], strict=False):
+        assert b.start == pytest.approx(a.start + a.duration)
+    # The segment still starts on its boundary, with an IDR (the repeat carries it).
+    assert [p.start for p in parts if p.new_segment][1:3] == pytest.approx([2.0, 4.0])
+    path = tmp_path / "v.mp4"
+    path.write_bytes(init + b"".join(p.data for p in parts))
+    assert ffprobe_frames(path, "video") == round(sum(p.duration for p in parts) * 30)
+
+
+def test_samples_the_source_skipped_become_silence_in_place(tmp_path: Path) -> None:
+    clock = MediaClock()
+    enc = AudioEncoder(48000, 2, 128, clock)
+    init, parts = audio_parts(clock, skip=frozenset({30, 31, 77}), enc=enc)
+    check_track(init, parts, clock)
+    assert enc.silence_samples == 3 * 1024
+    last = parts[-1]
+    # No compression of the timeline: the audio still ends where the source's did.
+    end = (FIRST_AUDIO_FRAME + SECONDS * 48000 // 1024) * 1024 / 48000
+    assert end - 2 * 9 * 1024 / 48000 <= last.start + last.duration <= end

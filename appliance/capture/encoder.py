@@ -62,6 +62,8 @@ class VideoEncoder:
         self.hardware = hardware
         self._last_segment = -1
         self._last_slot = -1
+        self._last_frame: av.VideoFrame | None = None
+        self.repeated = 0  # frames repeated to fill slots the source skipped
         self.info: TrackInfo | None = None  # known once the first keyframe carries the SPS
         self.ctx = self._open(preset)
 
@@ -105,6 +107,24 @@ class VideoEncoder:
         # Snap capture times to the nominal frame grid: parts then hold whole frame
         # durations exactly and never exceed PART-TARGET through camera jitter.
         slot = max(round(cap.media_ns * self.fps / 1e9), self._last_slot + 1)
+        packets: list[EncodedPacket] = []
+        missing = range(self._last_slot + 1, slot) if self._last_frame is not None else range(0)
+        if 0 < len(missing) <= self.fps // 2:
+            # The source skipped frames (it fell behind): repeat the last picture in their
+            # slots. A hole in the timeline makes players stall, and a stretched frame
+            # would make its part longer than PART-TARGET. A repeat costs x264 little.
+            self.repeated += len(missing)
+            for s in missing:
+                packets += self._encode_at(self._last_frame, s)
+        packets += self._encode_at(frame, slot)
+        self._last_frame = frame
+        return packets
+
+    def stats(self) -> dict[str, int]:
+        return {"repeated_frames": self.repeated}
+
+    def _encode_at(self, frame: av.VideoFrame | None, slot: int) -> list[EncodedPacket]:
+        assert frame is not None
         self._last_slot = slot
         frame.pts, frame.time_base = slot * 90_000 // self.fps, VIDEO_TIME_BASE
         segment = int(slot // round(self.segment_s * self.fps))
@@ -153,6 +173,8 @@ class AudioEncoder:
         self.resampler = av.AudioResampler(
             format="fltp", layout=ctx.layout, rate=sample_rate, frame_size=self.frame_size
         )
+        self._next_pts: int | None = None
+        self.silence_samples = 0  # inserted where the source skipped
         self.info = TrackInfo(
             name=name, kind="audio", codec="aac", codecs="mp4a.40.2", time_base=self.time_base,
             bitrate=ctx.bit_rate, sample_rate=sample_rate, channels=channels,
@@ -165,11 +187,33 @@ class AudioEncoder:
         frame.pts = round(cap.media_ns * self.sample_rate / 1e9)
         frame.time_base = self.time_base
         out: list[EncodedPacket] = []
-        for f in self.resampler.resample(frame):
-            out.extend(self._packet(p) for p in self.ctx.encode(f))
-        # The encoder's priming packets have negative pts: drop them so audio starts at 0
-        # with the video (a 21 ms click-free start is not worth an edit list).
+        gap = frame.pts - self._next_pts if self._next_pts is not None else 0
+        if 0 < gap <= self.sample_rate // 2:
+            # The source skipped samples: fill with silence, or the resampler would close
+            # the gap by counting samples and audio would drift ahead of video.
+            self.silence_samples += gap
+            out += self._encode(self._silence(frame, gap))
+        out += self._encode(frame)
+        self._next_pts = frame.pts + frame.samples
+        # Priming packets (before media time 0, only if audio starts in the first 21 ms)
+        # cannot be placed on the timeline.
         return [p for p in out if p.pts >= 0]
+
+    def stats(self) -> dict[str, int]:
+        return {"silence_ms": self.silence_samples * 1000 // self.sample_rate}
+
+    def _encode(self, frame: av.AudioFrame) -> list[EncodedPacket]:
+        return [self._packet(p) for f in self.resampler.resample(frame)
+                for p in self.ctx.encode(f)]
+
+    def _silence(self, like: av.AudioFrame, samples: int) -> av.AudioFrame:
+        assert self._next_pts is not None
+        frame = av.AudioFrame(format=like.format.name, layout=like.layout.name, samples=samples)
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        frame.sample_rate, frame.pts = like.sample_rate, self._next_pts
+        frame.time_base = self.time_base
+        return frame
 
     def _packet(self, p: av.Packet) -> EncodedPacket:
         assert p.pts is not None

@@ -111,9 +111,12 @@ class CapturePipeline:
                     window_frames += 1
                     now = time.monotonic()
                     if now - window_start >= 1.0:
+                        # dropped: frames the source skipped; the encoder fills their
+                        # slots (repeated frames / silence) so the timeline has no holes.
                         self.hub.update(section, state="live", frames=frames,
                                         fps=round(window_frames / (now - window_start), 2),
-                                        dropped=getattr(src, "dropped", 0))
+                                        dropped=getattr(src, "dropped", 0),
+                                        **encoders[0].stats())
                         window_start, window_frames = now, 0
                         backoff.reset()
             except SourceError as exc:

@@ -106,11 +106,11 @@ class CmafMuxer:
         av_pkt.is_keyframe = pkt.keyframe
         av_pkt.stream = self._stream
         self._container.mux_one(av_pkt)
-        parts = self._collect()
+        parts = self._collect(pkt)
         self._pending.append(pkt)
         return parts
 
-    def _collect(self) -> list[MuxedPart]:
+    def _collect(self, next_pkt: EncodedPacket) -> list[MuxedPart]:
         parts: list[MuxedPart] = []
         for kind, box in self._sink.boxes():
             if kind == b"prft":
@@ -122,7 +122,7 @@ class CmafMuxer:
                 continue
             self._part_boxes.append(box)
             if kind == b"mdat":
-                parts.append(self._make_part(b"".join(self._part_boxes)))
+                parts.append(self._make_part(b"".join(self._part_boxes), next_pkt))
                 self._part_boxes = []
         return parts
 
@@ -134,14 +134,15 @@ class CmafMuxer:
         ntp = (secs << 32) | (rem << 32) // 1_000_000_000
         return box[:16] + struct.pack(">Q", ntp) + box[24:]
 
-    def _make_part(self, data: bytes) -> MuxedPart:
+    def _make_part(self, data: bytes, next_pkt: EncodedPacket) -> MuxedPart:
         # The muxer flushed the fragment before taking the packet just fed, so it
-        # holds exactly the packets pending until now.
+        # holds exactly the packets pending until now, and (like the muxer's sample
+        # durations) it lasts until that packet.
         pkts, self._pending = self._pending, []
         first = pkts[0]
         tb: Fraction = first.time_base
         start = float(first.pts * tb)
-        duration = float(sum(p.duration for p in pkts) * tb)
+        duration = float((next_pkt.dts - first.dts) * tb)
         if self.info.kind == "video":
             new_segment = first.keyframe
         else:
