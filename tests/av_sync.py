@@ -39,8 +39,8 @@ def flash_onsets(data: bytes) -> list[float]:
     with _decode(data) as c:
         for frame in c.decode(video=0):
             now = read_flash(frame.to_ndarray(format="gray"))
-            if now and not lit:
-                onsets.append(float(frame.time))
+            if now and not lit and frame.time is not None:
+                onsets.append(frame.time)
             lit = now
     return onsets
 
@@ -53,7 +53,8 @@ def burst_onsets(data: bytes) -> list[float]:
         for frame in c.decode(audio=0):
             samples = frame.to_ndarray()[0]
             chunks.append(samples)
-            times.append(float(frame.time) + np.arange(samples.size) / frame.sample_rate)
+            assert frame.time is not None
+            times.append(frame.time + np.arange(samples.size) / frame.sample_rate)
     x = np.abs(np.concatenate(chunks))
     t = np.concatenate(times)
     env = np.convolve(x, np.ones(48) / 48, mode="same")  # 1 ms window

@@ -8,6 +8,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -66,7 +67,7 @@ def ffprobe_count(path: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
     with running_daemon(tmp_path_factory.mktemp("live")) as d:
         # Four complete segments of every track: the first one is short (capture
         # starts mid-GOP-period), the last three are whole.
@@ -111,6 +112,7 @@ def test_segments_decode_and_follow_cmaf_rules(live: DaemonProc, tmp_path: Path)
         path = tmp_path / f"{track}.mp4"
         path.write_bytes(blob)
         # Every sample the boxes promise decodes: 3 x 2 s at 30 fps, or AAC frames of 1024.
+        assert expected_dt is not None
         seconds = (expected_dt - first_dt) / ts
         per_second = 30 if kind == "video" else 48000 / 1024
         assert ffprobe_count(path)[kind] == round(seconds * per_second)
