@@ -4,7 +4,7 @@ command line doing the same x264 + AAC encode to fMP4 HLS, in the same run.
 ffmpeg gets the same pictures: a few seconds of the appliance's synthetic source
 written raw to /dev/shm and looped in real time, so both encode the same content.
 
-    .venv/bin/python bench/cpu_vs_ffmpeg.py [--seconds 60] [--warmup 5]
+    .venv/bin/python bench/cpu_vs_ffmpeg.py [--seconds 60] [--warmup 5] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,7 +93,8 @@ def write_raw_source(work: Path, seconds: int) -> tuple[Path, Path]:
             vf.write(video.render(n, n * 1_000_000_000 // FPS).to_ndarray().tobytes())
     with open(apath, "wb") as af:
         for k in range(seconds * 48000 // 1024):
-            af.write(audio.render(k * 1024).to_ndarray().tobytes())  # packed s16
+            planar = audio.render(k * 1024).to_ndarray()  # fltp: (channels, samples)
+            af.write((planar.T * 32767).round().astype("<i2").tobytes())  # packed s16
     return vpath, apath
 
 
@@ -119,26 +121,35 @@ def run_ffmpeg(work: Path, vpath: Path, apath: Path, warmup: float, seconds: flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--seconds", type=float, default=60, help="measured time per run")
     ap.add_argument("--warmup", type=float, default=5)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternating appliance/ffmpeg pairs; the median ratio is reported")
     args = ap.parse_args()
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     work = Path(tempfile.mkdtemp(prefix="bench-cpu-", dir=shm))
+    rows = []
     try:
         print(f"preparing 4 s of the synthetic source for ffmpeg in {work} ...", flush=True)
         vpath, apath = write_raw_source(work, 4)
-        print(f"appliance run: {args.seconds:.0f} s ...", flush=True)
-        a_cpu, a_rss = run_appliance(work, args.warmup, args.seconds)
-        print(f"ffmpeg:        {args.seconds:.0f} s ...", flush=True)
-        f_cpu, f_rss = run_ffmpeg(work, vpath, apath, args.warmup, args.seconds)
+        for r in range(args.rounds):
+            a_cpu, a_rss = run_appliance(work, args.warmup, args.seconds)
+            shutil.rmtree(work / "hls", ignore_errors=True)
+            f_cpu, f_rss = run_ffmpeg(work, vpath, apath, args.warmup, args.seconds)
+            rows.append((a_cpu, a_rss, f_cpu, f_rss))
+            print(f"round {r + 1}: appliance {a_cpu:5.1f}% {a_rss:6.1f} MB | "
+                  f"ffmpeg {f_cpu:5.1f}% {f_rss:6.1f} MB | CPU ratio {a_cpu / f_cpu:.3f}",
+                  flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n720p{FPS} x264 {PRESET} {KBPS} kbit/s + AAC 128k, {args.seconds:.0f} s each")
-    print(f"{'':12} {'CPU %':>8} {'peak RSS MB':>12}")
-    print(f"{'appliance':12} {a_cpu:8.1f} {a_rss:12.1f}")
-    print(f"{'ffmpeg':12} {f_cpu:8.1f} {f_rss:12.1f}")
-    print(f"ratio CPU appliance/ffmpeg = {a_cpu / f_cpu:.3f}  (target <= 1.10)")
-    print(f"ratio RSS appliance/ffmpeg = {a_rss / f_rss:.3f}")
+    med = statistics.median
+    print(f"\n720p{FPS} x264 {PRESET} {KBPS} kbit/s + AAC 128k; {args.rounds} rounds of "
+          f"{args.seconds:.0f} s each, medians")
+    print(f"{'':12} {'CPU % of a core':>16} {'peak RSS MB':>12}")
+    print(f"{'appliance':12} {med(r[0] for r in rows):16.1f} {med(r[1] for r in rows):12.1f}")
+    print(f"{'ffmpeg':12} {med(r[2] for r in rows):16.1f} {med(r[3] for r in rows):12.1f}")
+    print(f"ratio CPU appliance/ffmpeg = {med(r[0] / r[2] for r in rows):.3f}  (target <= 1.10)")
+    print(f"ratio RSS appliance/ffmpeg = {med(r[1] / r[3] for r in rows):.3f}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def video_parts(clock: MediaClock, fps: int = 30, skip: frozenset[int] = frozens
 
 
 def audio_parts(clock: MediaClock, skip: frozenset[int] = frozenset(),
-                enc: AudioEncoder | None = None) -> tuple[bytes, list[MuxedPart]]:
+                enc: AudioEncoder | None = None, fmt: str = "fltp",
+                ) -> tuple[bytes, list[MuxedPart]]:
+    """fltp frames go straight to the encoder; s16 (as from a sound card) is resampled."""
     enc = enc or AudioEncoder(48000, 2, 128, clock)
     mux = CmafMuxer(enc.info, PART_S, SEGMENT_S)
     parts: list[MuxedPart] = []
@@ -53,7 +55,11 @@ def audio_parts(clock: MediaClock, skip: frozenset[int] = frozenset(),
             continue
         t = np.arange(k * 1024, (k + 1) * 1024) / 48000
         samples = np.tile((0.3 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), (2, 1))
-        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="stereo")
+        if fmt == "s16":
+            packed = (samples.T * 32767).round().astype(np.int16).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(packed, format="s16", layout="stereo")
+        else:
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="stereo")
         frame.sample_rate = 48000
         for pkt in enc.encode(Captured(frame, k * 1024 * 1_000_000_000 // 48000)):
             parts += mux.feed(pkt)
@@ -129,9 +135,10 @@ def test_video_parts_never_exceed_target_at_24fps() -> None:
         assert frames == 4 or (frames < 4 and following.new_segment)
 
 
-def test_audio_track_follows_cmaf_rules(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["fltp", "s16"])
+def test_audio_track_follows_cmaf_rules(tmp_path: Path, fmt: str) -> None:
     clock = MediaClock()
-    init, parts = audio_parts(clock)
+    init, parts = audio_parts(clock, fmt=fmt)
     check_track(init, parts, clock)
     assert {round(p.duration * 48000) for p in parts} == {9 * 1024}
     # Audio segments start at the part nearest each 2 s video boundary.
@@ -159,10 +166,11 @@ def test_frames_the_source_skipped_are_repeated_not_left_as_holes(tmp_path: Path
     assert ffprobe_frames(path, "video") == round(sum(p.duration for p in parts) * 30)
 
 
-def test_samples_the_source_skipped_become_silence_in_place(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["fltp", "s16"])
+def test_samples_the_source_skipped_become_silence_in_place(fmt: str) -> None:
     clock = MediaClock()
     enc = AudioEncoder(48000, 2, 128, clock)
-    init, parts = audio_parts(clock, skip=frozenset({30, 31, 77}), enc=enc)
+    init, parts = audio_parts(clock, skip=frozenset({30, 31, 77}), enc=enc, fmt=fmt)
     check_track(init, parts, clock)
     assert enc.silence_samples == 3 * 1024
     last = parts[-1]

@@ -192,7 +192,8 @@ class AudioEncoder:
             # The source skipped samples: fill with silence, or the resampler would close
             # the gap by counting samples and audio would drift ahead of video.
             self.silence_samples += gap
-            out += self._encode(self._silence(frame, gap))
+            for offset in range(0, gap, frame.samples):
+                out += self._encode(self._silence(frame, min(frame.samples, gap - offset)))
         out += self._encode(frame)
         self._next_pts = frame.pts + frame.samples
         # Priming packets (before media time 0, only if audio starts in the first 21 ms)
@@ -203,8 +204,14 @@ class AudioEncoder:
         return {"silence_ms": self.silence_samples * 1000 // self.sample_rate}
 
     def _encode(self, frame: av.AudioFrame) -> list[EncodedPacket]:
-        return [self._packet(p) for f in self.resampler.resample(frame)
-                for p in self.ctx.encode(f)]
+        # Frames already as the encoder takes them skip the resampler (a filter graph
+        # and a FIFO): a source delivers one format, so the two paths never interleave.
+        if (frame.format.name, frame.layout.name, frame.sample_rate, frame.samples) == (
+                "fltp", self.ctx.layout.name, self.sample_rate, self.frame_size):
+            frames: list[av.AudioFrame] = [frame]
+        else:
+            frames = self.resampler.resample(frame)
+        return [self._packet(p) for f in frames for p in self.ctx.encode(f)]
 
     def _silence(self, like: av.AudioFrame, samples: int) -> av.AudioFrame:
         assert self._next_pts is not None
@@ -213,6 +220,7 @@ class AudioEncoder:
             plane.update(bytes(plane.buffer_size))
         frame.sample_rate, frame.pts = like.sample_rate, self._next_pts
         frame.time_base = self.time_base
+        self._next_pts += samples
         return frame
 
     def _packet(self, p: av.Packet) -> EncodedPacket:

@@ -240,7 +240,8 @@ class SyntheticVideo:
 
 
 class SyntheticAudio:
-    """s16 frames of `frame_size` samples: sample k is captured at media time k / sample_rate.
+    """fltp frames of `frame_size` samples (what the AAC encoder takes, so nothing needs
+    converting): sample k is captured at media time k / sample_rate.
 
     A frame is returned once its last sample is due, as a sound card would. Over a quiet
     440 Hz tone (`background` amplitude, 0 for none), a 1 kHz burst of exactly 100 ms
@@ -261,7 +262,7 @@ class SyntheticAudio:
         self._background = background
         self._layout = "stereo" if channels == 2 else "mono"
         self._next: int | None = None  # first sample of the next frame
-        self._period: np.ndarray | None = None  # one second of interleaved s16, made once
+        self._period: np.ndarray | None = None  # one second of mono samples, made once
         # Where media time zero falls within its wall-clock second, scaled by the rate so
         # the on/off test per sample stays in exact integers.
         self._phase0 = (clock.start_wall_ns % NS) * sample_rate
@@ -307,16 +308,13 @@ class SyntheticAudio:
         # The sound repeats every second, so frames are slices of one precomputed second:
         # per-frame synthesis would cost more CPU than the AAC encoder.
         if self._period is None:
-            mono = np.round(self.samples(0, self.sample_rate) * 32767).astype(np.int16)
-            self._period = np.repeat(mono, self.channels)
-        offset = (start % self.sample_rate) * self.channels
-        count = self.frame_size * self.channels
-        end = offset + count
-        period = self._period
-        interleaved = (period[offset:end] if end <= period.size
-                       else np.concatenate((period[offset:], period[: end - period.size])))
+            self._period = self.samples(0, self.sample_rate).astype(np.float32)
+        period, offset = self._period, start % self.sample_rate
+        end = offset + self.frame_size
+        mono = (period[offset:end] if end <= period.size
+                else np.concatenate((period[offset:], period[: end - period.size])))
         frame = av.AudioFrame.from_ndarray(
-            interleaved.reshape(1, -1), format="s16", layout=self._layout
+            np.tile(mono, (self.channels, 1)), format="fltp", layout=self._layout
         )
         frame.sample_rate = self.sample_rate
         return frame
