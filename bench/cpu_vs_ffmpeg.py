@@ -94,7 +94,7 @@ def write_raw_source(work: Path, seconds: int) -> tuple[Path, Path]:
     with open(apath, "wb") as af:
         for k in range(seconds * 48000 // 1024):
             planar = audio.render(k * 1024).to_ndarray()  # fltp: (channels, samples)
-            af.write((planar.T * 32767).round().astype("<i2").tobytes())  # packed s16
+            af.write((planar.T * 32768).round().astype("<i2").tobytes())  # packed s16
     return vpath, apath
 
 

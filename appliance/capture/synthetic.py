@@ -308,7 +308,10 @@ class SyntheticAudio:
         # The sound repeats every second, so frames are slices of one precomputed second:
         # per-frame synthesis would cost more CPU than the AAC encoder.
         if self._period is None:
-            self._period = self.samples(0, self.sample_rate).astype(np.float32)
+            # Quantised to 16 bits, as a sound card delivers: AAC encodes such samples
+            # with markedly less CPU than full-precision floats of the same sound.
+            pcm16 = np.round(self.samples(0, self.sample_rate) * 32767)
+            self._period = (pcm16 / 32768).astype(np.float32)  # as s16 -> flt converts
         period, offset = self._period, start % self.sample_rate
         end = offset + self.frame_size
         mono = (period[offset:end] if end <= period.size
