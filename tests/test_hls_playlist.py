@@ -11,7 +11,7 @@ from fractions import Fraction
 import pytest
 
 from appliance.media.packet import TrackInfo
-from appliance.package import hls
+from appliance.package import hls, hls_request
 from appliance.package.store import SegmentStore, TrackStore
 from tests.hls_rules import check_media_playlist, check_multivariant
 from tests.hls_rules import parse_attributes as _parse_attributes
@@ -476,11 +476,12 @@ async def test_multivariant_without_audio_or_video() -> None:
 
 
 def test_parse_directives_accepts_the_spec_forms() -> None:
-    parse = hls.parse_directives
-    assert parse([]) == hls.Directives()
-    assert parse([("_HLS_msn", "12"), ("_HLS_part", "3")]) == hls.Directives(12, 3)
+    parse = hls_request.parse_directives
+    assert parse([]) == hls_request.Directives()
+    assert parse([("_HLS_msn", "12"), ("_HLS_part", "3")]) == hls_request.Directives(12, 3)
     assert parse([("_HLS_skip", "YES")]).skip == "YES"
-    assert parse([("_HLS_skip", "v2"), ("_HLS_msn", "007")]) == hls.Directives(7, None, "v2")
+    skip_v2 = parse([("_HLS_skip", "v2"), ("_HLS_msn", "007")])
+    assert skip_v2 == hls_request.Directives(7, None, "v2")
     # other parameters (a playback token) are not ours to judge
     assert parse([("token", "abc"), ("_HLS_msn", "1")]).msn == 1
 
@@ -499,8 +500,8 @@ BAD_QUERIES: list[list[tuple[str, str]]] = [
 
 @pytest.mark.parametrize("query", BAD_QUERIES)
 def test_parse_directives_refuses_garbage(query: list[tuple[str, str]]) -> None:
-    with pytest.raises(hls.HlsRequestError):
-        hls.parse_directives(query)
+    with pytest.raises(hls_request.HlsRequestError):
+        hls_request.parse_directives(query)
 
 
 async def test_blocking_request_limits() -> None:
@@ -512,16 +513,16 @@ async def test_blocking_request_limits() -> None:
     check(track, timing, 5, None)  # last complete (3) + 2
     check(track, timing, 4, 1)
     check(track, timing, 2, 0)  # in the past: fine, answered at once
-    with pytest.raises(hls.HlsRequestError):
+    with pytest.raises(hls_request.HlsRequestError):
         check(track, timing, 6, None)  # three segments ahead
-    with pytest.raises(hls.HlsRequestError):
+    with pytest.raises(hls_request.HlsRequestError):
         check(track, timing, 6, 0)
     # Advance Part Limit: 3 / 0.2 = 15 parts beyond the last one
     check(track, timing, 4, 15)
-    with pytest.raises(hls.HlsRequestError):
+    with pytest.raises(hls_request.HlsRequestError):
         check(track, timing, 4, 16)
     check(track, timing, 5, 4)  # 4 left in segment 4, then 5 more
-    with pytest.raises(hls.HlsRequestError):
+    with pytest.raises(hls_request.HlsRequestError):
         check(track, timing, 5, 12)
 
 

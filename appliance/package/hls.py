@@ -1,8 +1,8 @@
 """LL-HLS playlists rendered from the segment store, and the rules for blocking requests.
 
 Pure functions over the store: no I/O, no aiohttp. The HTTP layer (appliance.web.live)
-parses the request with `parse_directives`, refuses or waits with the predicates here,
-then renders. Section numbers in comments are those of draft-pantos-hls-rfc8216bis
+parses the request with `hls_request.parse_directives`, refuses or waits with the
+predicates here, then renders. Section numbers in comments are those of draft-pantos-hls-rfc8216bis
 ("HLS 2nd edition"); "Apple" is Apple's HLS authoring specification / LL-HLS profile.
 
 URL layout, relative to /live/:
@@ -16,12 +16,11 @@ URL layout, relative to /live/:
 from __future__ import annotations
 
 import math
-import re
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from appliance.package.hls_request import HlsRequestError
 from appliance.package.store import Segment, SegmentStore, TrackStore
 
 MEDIA_PLAYLIST = "index.m3u8"
@@ -39,14 +38,7 @@ MEDIA_VERSION = 9
 PEAK_HEADROOM = 1.2
 AVERAGE_OVERHEAD = 1.05
 
-# Request parameters are decimal-integers (§4.2); more digits than this is no real client.
-_MSN_RE = re.compile(r"[0-9]{1,15}")
-_PART_RE = re.compile(r"[0-9]{1,9}")
 _EPS = 1e-6
-
-
-class HlsRequestError(ValueError):
-    """A playlist or media request the spec says to refuse with Bad Request (400)."""
 
 
 def segment_uri(msn: int) -> str:
@@ -55,57 +47,6 @@ def segment_uri(msn: int) -> str:
 
 def part_uri(msn: int, index: int) -> str:
     return f"part{msn}.{index}.m4s"
-
-
-# -- delivery directives (§6.2.5) ----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Directives:
-    msn: int | None = None
-    part: int | None = None
-    skip: Literal["YES", "v2"] | None = None
-
-
-def parse_directives(query: Iterable[tuple[str, str]]) -> Directives:
-    """The _HLS_ delivery directives of a media playlist request; HlsRequestError if bad.
-
-    Other query parameters (a playback token, a cache buster) are left alone.
-    """
-    seen: dict[str, str] = {}
-    for key, value in query:
-        if key not in ("_HLS_msn", "_HLS_part", "_HLS_skip"):
-            continue
-        if key in seen:
-            raise HlsRequestError(f"{key} given more than once")
-        seen[key] = value
-    msn = _parse_int(seen, "_HLS_msn", _MSN_RE)
-    part = _parse_int(seen, "_HLS_part", _PART_RE)
-    if part is not None and msn is None:
-        # §6.2.5.2: _HLS_part without _HLS_msn MUST get Bad Request.
-        raise HlsRequestError("_HLS_part needs _HLS_msn")
-    return Directives(msn, part, _parse_skip(seen.get("_HLS_skip")))
-
-
-def _parse_skip(value: str | None) -> Literal["YES", "v2"] | None:
-    # §6.2.5.1: the only values are YES and v2 (enumerated strings are case-sensitive).
-    if value is None:
-        return None
-    if value == "YES":
-        return "YES"
-    if value == "v2":
-        return "v2"
-    raise HlsRequestError("_HLS_skip must be YES or v2")
-
-
-def _parse_int(seen: dict[str, str], key: str, pattern: re.Pattern[str]) -> int | None:
-    value = seen.get(key)
-    if value is None:
-        return None
-    # fullmatch on [0-9]: no sign, space, underscore or non-ASCII digit that int() takes.
-    if not pattern.fullmatch(value):
-        raise HlsRequestError(f"{key} must be a decimal integer")
-    return int(value)
 
 
 # -- timing shared by every playlist --------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.web_response import ContentCoding
 
-from appliance.package import hls
+from appliance.package import hls, hls_request
 from appliance.package.store import SegmentStore, TrackStore
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
@@ -113,8 +113,8 @@ class LiveRoutes:
     async def media_playlist(self, request: web.Request) -> web.StreamResponse:
         track = self.track(request)
         try:
-            directives = hls.parse_directives(request.query.items())
-        except hls.HlsRequestError as exc:
+            directives = hls_request.parse_directives(request.query.items())
+        except hls_request.HlsRequestError as exc:
             raise _Reply(400, str(exc)) from None
         timing = self.timing()
         if track.last_position() is None and not await wait_until(
@@ -134,7 +134,7 @@ class LiveRoutes:
                      part: int | None) -> None:
         try:
             hls.check_blocking_request(track, timing, msn, part)
-        except hls.HlsRequestError as exc:
+        except hls_request.HlsRequestError as exc:
             raise _Reply(400, str(exc)) from None
         ready = await wait_until(track, lambda: hls.playlist_ready(track, msn, part),
                                  timing.block_limit)
