@@ -17,8 +17,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from appliance.package.store import SegmentStore, TrackStore
 from appliance.web.live import setup_live
+from tests.hls_feeder import VIDEO_720, Feeder, parse_attributes
 from tests.hls_rules import check_media_playlist, check_multivariant
-from tests.test_hls_playlist import BAD_QUERIES, VIDEO_720, Feeder, parse_attributes
+from tests.test_hls_request import BAD_QUERIES
 
 # Target duration 1 s (1 s segments of 0.2 s parts): blocking gives up after 3 s.
 BLOCK_LIMIT = 3.0
@@ -450,7 +451,7 @@ async def test_store_window_stays_bounded_while_serving(live: Live) -> None:
 
 
 async def test_multivariant_waits_briefly_for_tracks_still_starting() -> None:
-    from tests.test_hls_playlist import AUDIO
+    from tests.hls_feeder import AUDIO
 
     store = SegmentStore()
     feeder = Feeder(store, audio=False)
