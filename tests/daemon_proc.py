@@ -43,13 +43,20 @@ class DaemonProc:
 
 
 def default_config(port: int, extra: str = "") -> str:
+    """Web on `port`, `extra` TOML, and the synthetic source unless `extra` names one
+    (the default, auto, would take a webcam plugged into the developer's machine)."""
+    synthetic = 'source = "synthetic"\n'
+    if "[video]" not in extra:
+        extra = "[video]\n" + synthetic + extra
+    elif "source" not in extra.split("[video]", 1)[1].split("\n[", 1)[0]:
+        extra = extra.replace("[video]\n", "[video]\n" + synthetic, 1)
     return f'[web]\nlisten = "127.0.0.1:{port}"\n' + extra
 
 
 @contextlib.contextmanager
 def running_daemon(tmp_path: Path, config: str | None = None, extra: str = "",
                    wait_for: str | None = "/healthz", timeout: float = 20) -> Iterator[DaemonProc]:
-    """Run the daemon with `config` (default: synthetic source + `extra` TOML)."""
+    """Run the daemon with `config` (default: `default_config` with `extra`)."""
     port = free_port()
     tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = tmp_path / "appliance.toml"

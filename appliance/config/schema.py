@@ -38,7 +38,7 @@ def _default_ladder() -> list[Rung]:
 
 class Video(Section):
     source: Literal["synthetic", "v4l2", "picamera2", "auto"] = Field(
-        "synthetic", title="Video source", description="auto: Pi camera, else V4L2, else synthetic"
+        "auto", title="Video source", description="auto: Pi camera, else V4L2, else synthetic"
     )
     device: str = Field("/dev/video0", title="V4L2 device")
     width: int = Field(1280, title="Capture width", ge=64, le=3840, multiple_of=2)
