@@ -31,10 +31,6 @@ class StatusHub:
             self._sections[section]["updated"] = time.time()
             self.version += 1
 
-    def section(self, name: str) -> dict[str, Any]:
-        with self._lock:
-            return copy.deepcopy(self._sections.get(name, {}))
-
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             sections = copy.deepcopy(self._sections)

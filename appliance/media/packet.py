@@ -37,7 +37,3 @@ class EncodedPacket:
     time_base: Fraction
     keyframe: bool
     capture_ns: int  # wall-clock capture time of this unit, ns since the Unix epoch
-
-    @property
-    def pts_s(self) -> float:
-        return float(self.pts * self.time_base)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from appliance.media.packet import TrackInfo
@@ -112,18 +113,6 @@ class TrackStore:
         seg = self.segments[-1]
         return seg.msn, len(seg.parts) - 1
 
-    def has(self, msn: int, part: int | None) -> bool:
-        """Whether segment `msn` (complete, when part is None) or its part `part` exists."""
-        pos = self.last_position()
-        if pos is None:
-            return False
-        seg = self.segment(msn)
-        if part is None:
-            return seg is not None and seg.complete or pos[0] > msn
-        if seg is not None:
-            return part < len(seg.parts)
-        return pos[0] > msn
-
     def segment(self, msn: int) -> Segment | None:
         if not self.segments:
             return None
@@ -138,15 +127,15 @@ class TrackStore:
             return None
         return seg.parts[index]
 
-    async def wait_for(self, msn: int, part: int | None, timeout: float) -> bool:
-        """Wait until `has(msn, part)`; False on timeout."""
-        async with self.changed:
-            try:
-                await asyncio.wait_for(
-                    self.changed.wait_for(lambda: self.has(msn, part)), timeout
-                )
-            except TimeoutError:
-                return False
+    async def wait_until(self, ready: Callable[[], bool], timeout: float) -> bool:
+        """Wait until `ready()` holds (checked at each change); False after `timeout` s."""
+        if ready():
+            return True
+        try:
+            async with asyncio.timeout(timeout), self.changed:
+                await self.changed.wait_for(ready)
+        except TimeoutError:
+            return ready()
         return True
 
 

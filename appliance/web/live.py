@@ -117,8 +117,9 @@ class LiveRoutes:
         except hls_request.HlsRequestError as exc:
             raise _Reply(400, str(exc)) from None
         timing = self.timing()
-        if track.last_position() is None and not await wait_until(
-                track, lambda: track.last_position() is not None, timing.block_limit):
+        started = await track.wait_until(lambda: track.last_position() is not None,
+                                         timing.block_limit)
+        if not started:
             raise _Reply(503, "track not started", retry_after=1)
         if directives.msn is not None:
             await self._block(track, timing, directives.msn, directives.part)
@@ -136,7 +137,7 @@ class LiveRoutes:
             hls.check_blocking_request(track, timing, msn, part)
         except hls_request.HlsRequestError as exc:
             raise _Reply(400, str(exc)) from None
-        ready = await wait_until(track, lambda: hls.playlist_ready(track, msn, part),
+        ready = await track.wait_until(lambda: hls.playlist_ready(track, msn, part),
                                  timing.block_limit)
         if not ready:
             # §6.2.5.2: after three target durations, SHOULD answer Service Unavailable.
@@ -166,7 +167,7 @@ class LiveRoutes:
         if state == "pending":
             # §6.2.6: hold a request for a hinted (or soon expected) part until it exists,
             # and answer 404 if it turns out it never will.
-            await wait_until(track, lambda: hls.part_state(track, timing, msn, index) != "pending",
+            await track.wait_until(lambda: hls.part_state(track, timing, msn, index) != "pending",
                              timing.block_limit)
         found = track.part(msn, index)
         if found is None:
@@ -179,22 +180,6 @@ class LiveRoutes:
         if wanted and _HEADER_LIST.fullmatch(wanted):
             headers["Access-Control-Allow-Headers"] = wanted
         return web.Response(status=204, headers=headers)
-
-
-async def wait_until(track: TrackStore, ready: Callable[[], bool], timeout: float) -> bool:
-    """Wait on the track's condition until `ready()`; False after `timeout` seconds.
-
-    Like TrackStore.wait_for, with any predicate: the spec's rules (part index past the
-    last one of a segment, parts that will never come) do not fit has(msn, part).
-    """
-    if ready():
-        return True
-    try:
-        async with asyncio.timeout(timeout), track.changed:
-            await track.changed.wait_for(ready)
-    except TimeoutError:
-        return ready()
-    return True
 
 
 def _playlist(request: web.Request, text: str, cache: str) -> web.Response:
