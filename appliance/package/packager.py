@@ -22,7 +22,6 @@ class TrackPackager:
                  hub: StatusHub, loop: asyncio.AbstractEventLoop,
                  on_fatal: Callable[[BaseException], None], first_msn: int = 0):
         self.info = info
-        self.cfg = cfg
         self.store = store
         self.hub = hub
         self.loop = loop
