@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from appliance.board import PROFILES, BoardError, detect_board, profile_named
 from appliance.config.load import ConfigError, load
 
 
@@ -26,12 +27,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        load(args.file)
+        # The ladder must fit the board's encoders: check for the one asked for, else ours.
+        board = profile_named(args.board) if args.board else detect_board()
+        load(args.file, board)
+    except BoardError as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         for err in exc.errors:
             print(f"{args.file}: {err}", file=sys.stderr)
         return 2
-    print(f"{args.file}: OK")
+    print(f"{args.file}: OK for a {board.name}")
     return 0
 
 
@@ -46,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file")
     check.add_argument("file", type=Path)
+    check.add_argument("--board", choices=list(PROFILES),
+                       help="validate for this board (default: this one, or $APPLIANCE_BOARD)")
     check.set_defaults(func=cmd_check_config)
     return parser
 

@@ -2,6 +2,13 @@
 
 Components on any thread publish their own section with `update`; views read a
 snapshot or the derived device state. Nothing else keeps a copy of this state.
+
+Sections: `daemon`; `media.video` / `media.audio` (a source: state, error, source,
+frames, fps, dropped); `encode.<rung>` (a video rung's encoder: encoder "hardware" or
+"x264", input "main" / "lores" / "..., scaled", width, height, bitrate_kbps, frames,
+repeated_frames, dropped_frames, lateness_ms_avg / lateness_ms_max over the last second:
+wall time as a packet leaves the encoder minus its capture time); `package.<track>`;
+`uplink.<name>`.
 """
 
 from __future__ import annotations
@@ -25,11 +32,17 @@ class StatusHub:
         self.started = time.time()
 
     def update(self, section: str, **fields: Any) -> None:
-        """Merge `fields` into `section` (e.g. "media.video", "package.720p")."""
+        """Merge `fields` into `section` (e.g. "media.video", "encode.720p")."""
         with self._lock:
             self._sections.setdefault(section, {}).update(fields)
             self._sections[section]["updated"] = time.time()
             self.version += 1
+
+    def remove(self, section: str) -> None:
+        """Forget a section whose component is gone (a removed uplink)."""
+        with self._lock:
+            if self._sections.pop(section, None) is not None:
+                self.version += 1
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

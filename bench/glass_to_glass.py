@@ -1,18 +1,23 @@
 """Glass-to-glass latency of the live path, read from the picture.
 
 Starts the real daemon (synthetic source: every frame stamped with its capture time),
-then plays its LL-HLS in Debian's Chromium with two players, one after the other:
+then plays it in Debian's Chromium with these players, one after the other:
 
   as-shipped  hls.js with its default config on a minimal page (what third-party pages get)
-  own-page    the appliance's own page, /, with static/hls-settings.js
+  own-page    the appliance's own page, /, LL-HLS with static/hls-settings.js
+  dash        the appliance's own page with dash.js, /?player=dash: LL-DASH from
+              /live/manifest.mpd with static/dash-settings.js and the MPD's target latency
 
 For every rendered frame (requestVideoFrameCallback) the page draws the picture to a
 canvas, reads the stamp with static/stamp.js and records Date.now() - stamp: browser and
-daemon share this machine's clock. Prints p50/p95/max, stalls and hls.js's own latency.
+daemon share this machine's clock. Prints p50/p95/max, stalls and the player's own latency
+(hls.js's hls.latency, dash.js's getCurrentLiveLatency()).
 
     .venv/bin/python bench/glass_to_glass.py [--seconds 60] [--warmup 5] [--player own-page]
 
-Targets (issue 2): own page p50 <= 1.0 s, as shipped p50 <= 2.0 s, no stalls in either.
+--player both (the default) runs the two hls.js players, all adds dash.
+Targets: own page p50 <= 1.0 s, as shipped p50 <= 2.0 s (issue 2), LL-DASH p50 <= 1.5 s
+(issue 3), no stalls in any.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ sys.path.insert(0, str(ROOT))
 
 from playwright.sync_api import Browser, Route  # noqa: E402
 
-from tests.browser.chromium import check_hls_js, launch_chromium  # noqa: E402
+from tests.browser.chromium import check_dash_js, check_hls_js, launch_chromium  # noqa: E402
 from tests.browser.conftest import wait_for_media  # noqa: E402
 from tests.daemon_proc import DaemonProc, running_daemon  # noqa: E402
 
-TARGET_P50_S = {"as-shipped": 2.0, "own-page": 1.0}
+TARGET_P50_S = {"as-shipped": 2.0, "own-page": 1.0, "dash": 1.5}
+PAGE_PATH = {"own-page": "/", "dash": "/?player=dash"}
+CHOICES = {"both": ["as-shipped", "own-page"], "all": list(TARGET_P50_S)}
 
 # hls.js as a third-party page uses it: the UMD build from a <script> tag, default config.
 AS_SHIPPED_PATH = "/bench/as-shipped.html"
@@ -58,7 +65,7 @@ COLLECTOR_JS = """
 (() => {
   const m = window.__g2g = {
     started: false, inStall: false, stalls: 0, waiting: 0, bufferStalled: 0,
-    samples: [], noStamp: 0, hlsLatency: [], recording: false, errors: [], stallAt: [],
+    samples: [], noStamp: 0, playerLatency: [], recording: false, errors: [], stallAt: [],
   };
   let t0 = 0;  // first 'playing', for when the stalls happened
   const stallBegins = () => {
@@ -74,17 +81,27 @@ COLLECTOR_JS = """
     if (m.started) { m.waiting++; stallBegins(); }
   }, true);
   const hlsOf = () => (window.player && window.player.hls) || window.hls || null;
+  const dashOf = () => (window.player && window.player.dash) || null;
+  const bufferStalled = () => { if (m.started) { m.bufferStalled++; stallBegins(); } };
   let hooked = null;
   setInterval(() => {
     const hls = hlsOf();
+    const dash = dashOf();
     if (hls && hls !== hooked) {
       hooked = hls;
       hls.on('hlsError', (_e, d) => {
         m.errors.push(d.details + (d.fatal ? ' (fatal)' : ''));
-        if (d.details === 'bufferStalledError' && m.started) { m.bufferStalled++; stallBegins(); }
+        if (d.details === 'bufferStalledError') bufferStalled();
       });
     }
-    if (m.recording && hls && hls.media) m.hlsLatency.push(hls.latency);
+    if (dash && dash !== hooked) {
+      hooked = dash;
+      dash.on('error', (e) => m.errors.push(String(e.error && e.error.code)));
+      dash.on('bufferStalled', bufferStalled);
+    }
+    if (!m.recording) return;
+    if (hls && hls.media) m.playerLatency.push(hls.latency);
+    if (dash && dash.isReady()) m.playerLatency.push(dash.getCurrentLiveLatency());
   }, 250);
   const start = async () => {
     const { readStamp } = await import('/static/stamp.js');
@@ -114,7 +131,7 @@ class Result:
     max_ms: float
     stalls: int
     stall_at_s: list[float]
-    hls_latency_s: float | None
+    player_latency_s: float | None
     errors: list[str]
 
 
@@ -136,7 +153,7 @@ def measure(browser: Browser, d: DaemonProc, player: str, seconds: float, warmup
         page.route(d.url + AS_SHIPPED_PATH, serve)
         page.goto(d.url + AS_SHIPPED_PATH)
     else:
-        page.goto(d.url + "/")
+        page.goto(d.url + PAGE_PATH[player])
     page.wait_for_function("() => window.__g2g.started", timeout=30_000)
     # The warm-up lets the player settle at its steady latency (start-up catch-up) and is
     # not counted; stalls are counted from the first 'playing' on.
@@ -150,7 +167,7 @@ def measure(browser: Browser, d: DaemonProc, player: str, seconds: float, warmup
     samples = [float(s) for s in m["samples"]]
     if not samples:
         raise SystemExit(f"{player}: no stamped frame rendered; errors: {m['errors']}")
-    lat = sorted(m["hlsLatency"])
+    lat = sorted(m["playerLatency"])
     return Result(
         player=player,
         frames=len(samples),
@@ -160,7 +177,7 @@ def measure(browser: Browser, d: DaemonProc, player: str, seconds: float, warmup
         max_ms=max(samples),
         stalls=int(m["stalls"]),
         stall_at_s=[float(t) for t in m["stallAt"]],
-        hls_latency_s=lat[len(lat) // 2] if lat else None,
+        player_latency_s=lat[len(lat) // 2] if lat else None,
         errors=list(m["errors"])[-5:],
     )
 
@@ -171,12 +188,14 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=5.0, help="play time before measuring")
     ap.add_argument("--stream-age", type=float, default=8.0,
                     help="seconds the stream runs before the first player joins")
-    ap.add_argument("--player", choices=[*TARGET_P50_S, "both"], default="both")
+    ap.add_argument("--player", choices=[*TARGET_P50_S, *CHOICES], default="both")
     ap.add_argument("--config", type=Path, help="daemon TOML; {port} is replaced (default: "
                     "synthetic 720p30, 0.2 s parts)")
     args = ap.parse_args()
+    players = CHOICES.get(args.player, [args.player])
     check_hls_js()
-    players = list(TARGET_P50_S) if args.player == "both" else [args.player]
+    if "dash" in players:
+        check_dash_js()
 
     results: list[Result] = []
     config = args.config.read_text() if args.config else None
@@ -194,13 +213,13 @@ def main() -> int:
 
     print()
     print(f"{'player':<11} {'frames':>6} {'p50 s':>6} {'p95 s':>6} {'max s':>6} "
-          f"{'stalls':>6} {'hls.js s':>8}  target")
+          f"{'stalls':>6} {'player s':>8}  target")
     for r in results:
         target = TARGET_P50_S[r.player]
         ok = r.p50_ms <= target * 1000 and r.stalls == 0
-        hls = f"{r.hls_latency_s:8.2f}" if r.hls_latency_s is not None else f"{'-':>8}"
+        own = f"{r.player_latency_s:8.2f}" if r.player_latency_s is not None else f"{'-':>8}"
         print(f"{r.player:<11} {r.frames:>6} {r.p50_ms / 1000:6.2f} {r.p95_ms / 1000:6.2f} "
-              f"{r.max_ms / 1000:6.2f} {r.stalls:>6} {hls}  p50 <= {target:.1f} s, no stall: "
+              f"{r.max_ms / 1000:6.2f} {r.stalls:>6} {own}  p50 <= {target:.1f} s, no stall: "
               f"{'met' if ok else 'MISSED'}")
         if r.stalls:
             at = ", ".join(f"{t:.1f}" for t in r.stall_at_s)
@@ -208,9 +227,9 @@ def main() -> int:
         if r.no_stamp:
             print(f"  {r.no_stamp} frames had no readable stamp")
         if r.errors:
-            print(f"  last hls.js errors: {', '.join(r.errors)}")
+            print(f"  last player errors: {', '.join(r.errors)}")
     print("\nlatency = Date.now() at requestVideoFrameCallback - stamp (capture time), per "
-          "rendered frame; hls.js = median of hls.latency while measuring")
+          "rendered frame; player = median of the player's own latency while measuring")
     return 0
 
 

@@ -19,10 +19,16 @@ def _device_tree(name: str) -> str:
         return ""
 
 
-def pi_camera_skip_reason() -> str | None:
+def pi_skip_reason() -> str | None:
     model = _device_tree("model")
     if "Raspberry Pi" not in model:
         return f"not a Raspberry Pi (/proc/device-tree/model: {model or 'absent'})"
+    return None
+
+
+def pi_camera_skip_reason() -> str | None:
+    if (reason := pi_skip_reason()) is not None:
+        return reason
     if importlib.util.find_spec("picamera2") is None:
         return ("picamera2 not importable: apt install python3-picamera2 and make the venv "
                 "with --system-site-packages")
@@ -31,15 +37,15 @@ def pi_camera_skip_reason() -> str | None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "picamera: needs a Raspberry Pi with picamera2")
+    config.addinivalue_line("markers", "pi: needs a Raspberry Pi (no camera)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    reason = pi_camera_skip_reason()
-    if reason is None:
-        return
+    reasons = {"picamera": pi_camera_skip_reason(), "pi": pi_skip_reason()}
     for item in items:
-        if "picamera" in item.keywords:
-            item.add_marker(pytest.mark.skip(reason=reason))
+        for marker, reason in reasons.items():
+            if reason is not None and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture

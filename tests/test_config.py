@@ -121,9 +121,14 @@ def test_save_atomic_failure_keeps_old_file(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["appliance.toml"]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, board: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`appliance ARGS` as on the board `board` (APPLIANCE_BOARD), default this machine."""
+    env = {k: v for k, v in os.environ.items() if k != "APPLIANCE_BOARD"}
+    if board:
+        env["APPLIANCE_BOARD"] = board
     return subprocess.run(
-        [sys.executable, "-m", "appliance", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "appliance", *args], capture_output=True, text=True, timeout=60,
+        env=env,
     )
 
 
@@ -147,3 +152,75 @@ def test_check_config_cli(tmp_path: Path) -> None:
 
     res = run_cli("check-config", str(tmp_path / "missing.toml"))
     assert res.returncode == 2 and "cannot read" in res.stderr
+
+
+def test_cross_field_errors_name_their_own_key_and_line() -> None:
+    text = GOOD.replace("width = 1280\nheight = 720\nbitrate",
+                        "width = 1920\nheight = 1080\nbitrate")
+    (err,) = errors_of(text)
+    line = text.splitlines().index("[[video.ladder]]") + 1
+    assert err == (f"video.ladder[0]: 720p (1920x1080) is larger than the capture size "
+                   f"1280x720 (line {line})")
+    text = GOOD.replace("segment_s = 2.0\npart_s = 0.2", "segment_s = 1.0\npart_s = 0.8")
+    (err,) = errors_of(text)
+    line = text.splitlines().index("part_s = 0.8") + 1
+    assert err.startswith("packager.part_s: must be at most half")
+    assert err.endswith(f"(line {line})")
+
+
+TWO_1080P = GOOD.replace(
+    "width = 1280\nheight = 720\nfps", "width = 1920\nheight = 1080\nfps"
+).replace(
+    """name = "720p"
+width = 1280
+height = 720
+bitrate_kbps = 3000
+""", """name = "1080p"
+width = 1920
+height = 1080
+bitrate_kbps = 5000
+
+[[video.ladder]]
+name = "1080p-lo"
+width = 1920
+height = 1080
+bitrate_kbps = 2500
+""")
+
+
+def test_check_config_refuses_a_ladder_the_board_cannot_encode(tmp_path: Path) -> None:
+    path = tmp_path / "two-1080p.toml"
+    path.write_text(TWO_1080P)
+    line = TWO_1080P.splitlines().index("[[video.ladder]]") + 1
+
+    res = run_cli("check-config", str(path), board="generic")  # a PC encodes anything
+    assert res.returncode == 0, res.stderr
+    assert "OK for a development machine" in res.stdout
+
+    res = run_cli("check-config", str(path), board="pi4")
+    assert res.returncode == 2
+    (err,) = res.stderr.strip().splitlines()
+    assert err.startswith(f"{path}: video.ladder: the ladder needs 489,600 macroblocks/s")
+    assert "this Raspberry Pi 4 encodes 245,760 in hardware" in err
+    assert "1080p-lo (1920x1080, 244,800) does not fit: drop 1080p-lo" in err
+    assert err.endswith(f"(line {line})")
+
+    # --board checks for a board other than this one; it wins over APPLIANCE_BOARD.
+    res = run_cli("check-config", "--board", "pi5", str(path), board="generic")
+    assert res.returncode == 2 and "this Raspberry Pi 5 encodes nothing in hardware" in res.stderr
+
+    hw = tmp_path / "hw.toml"
+    hw.write_text(GOOD.replace("fps = 30", 'fps = 30\nencoder = "hardware"'))
+    res = run_cli("check-config", str(hw), board="pi5")
+    assert res.returncode == 2
+    line = GOOD.splitlines().index("fps = 30") + 2
+    assert f'video.encoder: this Raspberry Pi 5 has no hardware H.264 encoder: use "auto" or ' \
+           f'"x264" (line {line})' in res.stderr
+    assert run_cli("check-config", str(hw), board="pi4").returncode == 0
+
+
+def test_check_config_names_a_bad_board_override(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(GOOD)
+    res = run_cli("check-config", str(good), board="pi3")
+    assert res.returncode == 2 and "APPLIANCE_BOARD='pi3': not one of" in res.stderr

@@ -294,7 +294,7 @@ async def test_multivariant_lists_each_rung_with_the_audio_group(fed: Feeder) ->
     assert top["RESOLUTION"] == "1280x720" and top["FRAME-RATE"] == "30.000"
     assert top["AUDIO"] == "audio"
     configured = VIDEO_720.bitrate + AUDIO.bitrate
-    assert int(top["BANDWIDTH"]) >= configured * hls.PEAK_HEADROOM
+    assert int(top["BANDWIDTH"]) >= configured * hls.BOX_OVERHEAD
     assert int(top["BANDWIDTH"]) >= int(top["AVERAGE-BANDWIDTH"]) > 0
 
 

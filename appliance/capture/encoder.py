@@ -8,10 +8,13 @@ even when the source skips frames.
 from __future__ import annotations
 
 import logging
+import time
 from fractions import Fraction
+from typing import Any
 
 import av
 from av.video.frame import PictureType
+from av.video.reformatter import VideoReformatter
 
 from appliance.capture.source import Captured, SourceError
 from appliance.media.clock import MediaClock
@@ -21,6 +24,9 @@ from appliance.media.stamp import carry_stamp, luma
 log = logging.getLogger(__name__)
 
 VIDEO_TIME_BASE = Fraction(1, 90000)
+# The rate control's buffer, in seconds of the bitrate: a segment may carry this much
+# more than segment_s x bitrate (a scene change), which BANDWIDTH must allow for.
+VBV_BUFFER_S = 1.0
 # The Raspberry Pi 4 / Zero 2 W stateful H.264 encoder (bcm2835-codec); Pi 5 has none.
 PI_H264_ENCODER = "/dev/video11"
 PI_H264_ENCODER_CARD = "bcm2835-codec-encode"
@@ -49,8 +55,33 @@ def hardware_h264_available() -> bool:
         return False
 
 
+class LatenessWindow:
+    """How far behind real time an encoder's output is: wall time as a packet leaves the
+    encoder minus its capture time, averaged and maxed over a window."""
+
+    def __init__(self) -> None:
+        self._sum = self._max = self._count = 0
+
+    def add(self, late_ns: int) -> None:
+        self._sum += late_ns
+        self._max = max(self._max, late_ns)
+        self._count += 1
+
+    def take(self) -> dict[str, float | None]:
+        """lateness_ms_avg / _max of the window (None when nothing came out), then reset."""
+        n = self._count
+        out = {"lateness_ms_avg": round(self._sum / n / 1e6, 1) if n else None,
+               "lateness_ms_max": round(self._max / 1e6, 1) if n else None}
+        self._sum = self._max = self._count = 0
+        return out
+
+
 class VideoEncoder:
-    """One rung: scale the captured frame, encode with x264 (or the Pi's V4L2 M2M encoder)."""
+    """One rung: scale the captured frame, encode with x264 (or the Pi's V4L2 M2M encoder).
+
+    It takes the smallest picture the source offers that is at least the rung's size (the
+    camera's lores stream when there is one), so a rung of the lores size is not scaled.
+    """
 
     def __init__(self, name: str, width: int, height: int, fps: int, bitrate_kbps: int,
                  segment_s: float, clock: MediaClock, preset: str = "veryfast",
@@ -63,9 +94,18 @@ class VideoEncoder:
         self._last_segment = -1
         self._last_slot = -1
         self._last_frame: av.VideoFrame | None = None
+        self.frames = 0  # pictures encoded, repeats included
         self.repeated = 0  # frames repeated to fill slots the source skipped
+        self.dropped = 0  # slots left empty: a gap too long to fill with repeats
+        self.input = "main"  # where the pictures come from: main or lores, scaled or not
+        self._late = LatenessWindow()
         self.info: TrackInfo | None = None  # known once the first keyframe carries the SPS
+        self._scaler = VideoReformatter()
         self.ctx = self._open(preset)
+
+    @property
+    def kind(self) -> str:
+        return "hardware" if self.hardware else "x264"
 
     def _open(self, preset: str) -> av.VideoCodecContext:
         gop = max(1, round(self.segment_s * self.fps))
@@ -89,18 +129,19 @@ class VideoEncoder:
                 "x264-params": (
                     f"keyint={2 * gop}:min-keyint={gop}:scenecut=0:forced-idr=1:"
                     f"repeat-headers=1:vbv-maxrate={self.bitrate // 1000}:"
-                    f"vbv-bufsize={self.bitrate // 1000}"
+                    f"vbv-bufsize={round(self.bitrate * VBV_BUFFER_S) // 1000}"
                 ),
             }
         ctx.open()
         return ctx
 
     def encode(self, cap: Captured) -> list[EncodedPacket]:
-        frame = source = cap.frame
-        assert isinstance(source, av.VideoFrame) and isinstance(frame, av.VideoFrame)
-        size = (source.width, source.height)
-        if size != (self.width, self.height) or source.format.name != "yuv420p":
-            frame = source.reformat(self.width, self.height, "yuv420p")
+        frame = source = self._pick_input(cap)
+        if (source.width, source.height) != (self.width, self.height) or (
+                source.format.name != "yuv420p"):
+            # One reformatter per rung: it keeps its libswscale context between frames
+            # instead of setting one up for every picture.
+            frame = self._scaler.reformat(source, self.width, self.height, "yuv420p")
             # Scaling by an odd ratio smears the latency stamp's cells: redraw it (a
             # no-op for pictures without a stamp) so every rung carries a readable one.
             carry_stamp(luma(source), luma(frame))
@@ -116,12 +157,29 @@ class VideoEncoder:
             self.repeated += len(missing)
             for s in missing:
                 packets += self._encode_at(self._last_frame, s)
+        else:
+            self.dropped += len(missing)  # the source was gone: leave the hole
         packets += self._encode_at(frame, slot)
         self._last_frame = frame
         return packets
 
-    def stats(self) -> dict[str, int]:
-        return {"repeated_frames": self.repeated}
+    def _pick_input(self, cap: Captured) -> av.VideoFrame:
+        main, lores = cap.frame, cap.lores
+        assert isinstance(main, av.VideoFrame)
+        source, name = main, "main"
+        if lores is not None and lores.width >= self.width and lores.height >= self.height:
+            source, name = lores, "lores"
+        scaled = (source.width, source.height) != (self.width, self.height)
+        self.input = f"{name}, scaled" if scaled else name
+        return source
+
+    def stats(self) -> dict[str, Any]:
+        """For the status hub: what this rung runs on and how it keeps up. Lateness is
+        over the packets since the last call."""
+        return {"encoder": self.kind, "input": self.input, "width": self.width,
+                "height": self.height, "bitrate_kbps": self.bitrate // 1000,
+                "frames": self.frames, "repeated_frames": self.repeated,
+                "dropped_frames": self.dropped, **self._late.take()}
 
     def _encode_at(self, frame: av.VideoFrame | None, slot: int) -> list[EncodedPacket]:
         assert frame is not None
@@ -131,6 +189,7 @@ class VideoEncoder:
         # Decoded/lavfi frames can carry pict_type=I; reset it or x264 makes every frame an IDR.
         frame.pict_type = PictureType.I if segment != self._last_segment else PictureType.NONE
         self._last_segment = segment
+        self.frames += 1
         return [self._packet(p) for p in self.ctx.encode(frame)]
 
     def _packet(self, p: av.Packet) -> EncodedPacket:
@@ -140,14 +199,17 @@ class VideoEncoder:
                 name=self.name, kind="video", codec="h264",
                 codecs=h264_codecs_string(data) or "avc1.640028",
                 time_base=VIDEO_TIME_BASE, bitrate=self.bitrate,
+                peak_bitrate=round(self.bitrate * (self.segment_s + VBV_BUFFER_S)
+                                   / self.segment_s),
                 width=self.width, height=self.height, fps=Fraction(self.fps),
             )
         assert p.pts is not None
-        media_ns = p.pts * 1_000_000_000 // 90_000
+        capture_ns = self.clock.wall_ns(p.pts * 1_000_000_000 // 90_000)
+        self._late.add(time.time_ns() - capture_ns)
         return EncodedPacket(
             track=self.name, data=data, pts=p.pts, dts=p.dts if p.dts is not None else p.pts,
             duration=90_000 // self.fps, time_base=VIDEO_TIME_BASE, keyframe=p.is_keyframe,
-            capture_ns=self.clock.wall_ns(media_ns),
+            capture_ns=capture_ns,
         )
 
 

@@ -20,17 +20,17 @@ from appliance.media.clock import MediaClock
 log = logging.getLogger(__name__)
 
 
-def _picamera(cfg: Video, clock: MediaClock, gop_s: float) -> PicameraSource:
-    top = cfg.ladder[0]  # picamera2 encodes one stream: the top rung
-    return PicameraSource(
-        cfg.width, cfg.height, cfg.fps, clock, track=top.name,
-        bitrate=top.bitrate_kbps * 1000, gop_frames=max(1, round(gop_s * cfg.fps)),
-    )
+def lores_size(cfg: Video) -> tuple[int, int] | None:
+    """The lores stream's size: the largest rung that is not the main size (None: every
+    rung is the main size). That rung comes from the ISP without scaling, and any rung
+    smaller still scales from it instead of from main."""
+    main = (cfg.width, cfg.height)
+    sizes = sorted({(r.width, r.height) for r in cfg.ladder} - {main}, key=lambda s: s[0] * s[1])
+    return sizes[-1] if sizes else None
 
 
-def open_video(cfg: Video, clock: MediaClock, *,
-               gop_s: float = 2.0) -> VideoSource | PicameraSource:
-    """The configured camera; `gop_s` (the segment duration) sets picamera2's IDR period."""
+def open_video(cfg: Video, clock: MediaClock) -> VideoSource:
+    """The configured camera (the Pi camera with a lores stream for a lower rung)."""
     source = cfg.source
     if source == "auto":
         if picamera_present():
@@ -43,7 +43,7 @@ def open_video(cfg: Video, clock: MediaClock, *,
     if source == "picamera2":
         if not picamera_present():
             raise SourceError("no Pi camera found (picamera2 missing or no camera connected)")
-        return _picamera(cfg, clock, gop_s)
+        return PicameraSource(cfg.width, cfg.height, cfg.fps, clock, lores=lores_size(cfg))
     if source == "v4l2":
         return V4l2Video(cfg.device, cfg.width, cfg.height, cfg.fps, clock)
     return SyntheticVideo(cfg.width, cfg.height, cfg.fps, clock)

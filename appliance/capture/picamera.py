@@ -1,40 +1,40 @@
-"""The Raspberry Pi camera through picamera2, which does the H.264 encoding itself.
+"""The Raspberry Pi camera through picamera2: its main stream, and a lores stream for a rung.
 
-Pi 4 / Zero 2 W encode in hardware (bcm2835-codec, /dev/video11); Pi 5 has no H.264
-block, so picamera2's LibavH264Encoder (libx264) is used there. picamera2 and libcamera
-come from Raspberry Pi OS packages and are imported only when a camera is started or
-probed, so this module imports anywhere.
+picamera2 and libcamera come from Raspberry Pi OS packages and are imported only when a
+camera is started or probed, so this module imports anywhere.
 
-Timestamps: picamera2 hands the output each frame's sensor timestamp (CLOCK_BOOTTIME,
-in µs, relative to the first encoded frame since 0.3.x; the encoder keeps the first
-one in `firsttimestamp`). They are mapped onto the MediaClock, then snapped to the
-nominal frame grid in 90 kHz like the x264 rungs, so parts hold whole frame durations.
+We take the frames and encode every rung ourselves (VideoEncoder: the Pi's H.264 block
+through V4L2 M2M where the encode plan puts a rung there, else x264), rather than let
+picamera2's encoder make the top rung: its encoders place IDRs by counting frames from
+their start and cannot be told to make one, while the rungs' IDRs must fall on the same
+media-time segment boundaries for players to switch between them. One path for every
+source also means one timestamp mapping and one way to fill skipped frames.
+
+The lores stream (YUV420, at most the main size, one only) is scaled by the ISP to the
+size of a rung: that rung is encoded as it comes, and smaller ones scale from it rather
+than from main.
+
+Timestamps: each request's SensorTimestamp (CLOCK_BOOTTIME, ns) is mapped onto the
+MediaClock by DeviceTimestamps, as V4L2 cameras' are.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import threading
-import time
-from collections.abc import Callable
-from fractions import Fraction
-from typing import Any, Literal
+from typing import Any
 
-from appliance.capture.encoder import (
-    VIDEO_TIME_BASE,
-    h264_codecs_string,
-    hardware_h264_available,
-)
-from appliance.capture.source import SourceError
+import av
+import numpy as np
+
+from appliance.capture.encoder import hardware_h264_available
+from appliance.capture.source import Captured, SourceError
 from appliance.capture.v4l2 import DeviceTimestamps
 from appliance.media.clock import MediaClock
-from appliance.media.packet import EncodedPacket, TrackInfo
 
 log = logging.getLogger(__name__)
 
-
-EncoderKind = Literal["hardware", "libav"]
+__all__ = ["PicameraSource", "hardware_h264_available", "picamera_present", "yuv420_frame"]
 
 
 def picamera_present() -> bool:
@@ -50,152 +50,112 @@ def picamera_present() -> bool:
         return False
 
 
-def _packet_output(sink: Callable[[bytes, bool, int | None], None]) -> Any:
-    """A picamera2 Output that forwards each encoded frame to `sink` (on the encoder thread)."""
-    from picamera2.outputs import Output
+def yuv420_frame(array: np.ndarray, width: int, height: int) -> av.VideoFrame:
+    """A yuv420p frame from picamera2's YUV420 array: height * 3/2 rows of the stride, the
+    chroma planes at half the stride each; the padding right of `width` is dropped."""
+    stride = array.shape[1]
+    if stride == width:  # already packed as yuv420p: wrap it, no copy
+        return av.VideoFrame.from_numpy_buffer(array, format="yuv420p")
+    flat = array.reshape(-1)
+    cw, ch, cstride = width // 2, height // 2, stride // 2
+    u_at = height * stride
+    v_at = u_at + ch * cstride
+    packed = np.empty((height * 3 // 2, width), np.uint8)
+    out = packed.reshape(-1)
+    out[: width * height].reshape(height, width)[:] = (
+        flat[:u_at].reshape(height, stride)[:, :width])
+    chroma = cw * ch
+    for plane, at in enumerate((u_at, v_at)):
+        start = width * height + plane * chroma
+        out[start : start + chroma].reshape(ch, cw)[:] = (
+            flat[at : at + ch * cstride].reshape(ch, cstride)[:, :cw])
+    return av.VideoFrame.from_numpy_buffer(packed, format="yuv420p")
 
-    class _Sink(Output):
-        def outputframe(self, frame: bytes | None, keyframe: bool = True,
-                        timestamp: int | None = None, packet: Any = None,
-                        audio: bool = False) -> None:
-            if frame is not None and not audio:
-                sink(bytes(frame), keyframe, timestamp)
 
-    return _Sink()
-
-
-def _make_encoder(kind: EncoderKind, bitrate: int, gop_frames: int, fps: int) -> Any:
-    # repeat: SPS/PPS before every IDR, so each segment and a joining viewer can decode.
-    if kind == "hardware":
-        from picamera2.encoders import H264Encoder
-
-        return H264Encoder(bitrate=bitrate, repeat=True, iperiod=gop_frames, framerate=fps)
-
-    from picamera2.encoders import LibavH264Encoder
-
-    class _FixedGop(LibavH264Encoder):
-        def _start(self) -> None:
-            super()._start()
-            # An IDR exactly every iperiod frames: no extra ones at scene cuts.
-            self._stream.codec_context.options["x264-params"] = "scenecut=0"
-
-    return _FixedGop(bitrate=bitrate, repeat=True, iperiod=gop_frames, framerate=fps)
+def _size(size: Any) -> tuple[int, int]:
+    return int(size[0]), int(size[1])
 
 
 class PicameraSource:
-    """The Pi camera as a track of EncodedPackets (Annex B, SPS/PPS in band on each IDR).
+    """The Pi camera as a VideoSource: blocking reads of (main, lores) yuv420p frames.
 
-    `on_packet` runs on picamera2's encoder thread, never before `start` has built the
-    TrackInfo; packets before the first keyframe are dropped (nothing could decode them).
+    `lores` asks the ISP for a second, smaller picture of each frame (None: main only).
+    A read that gets no frame within `timeout_s` means the camera stalled: SourceError.
     """
 
-    def __init__(self, width: int, height: int, fps: int, clock: MediaClock, *, track: str,
-                 bitrate: int, gop_frames: int, start_timeout_s: float = 10.0):
+    def __init__(self, width: int, height: int, fps: int, clock: MediaClock, *,
+                 lores: tuple[int, int] | None = None, timeout_s: float = 3.0,
+                 start_timeout_s: float = 10.0):
         self.width, self.height, self.fps = width, height, fps
-        self.clock = clock
-        self.track, self.bitrate, self.gop_frames = track, bitrate, gop_frames
-        self.start_timeout_s = start_timeout_s
-        self.encoder_kind: EncoderKind | None = None
-        self.info: TrackInfo | None = None  # set before the first packet is delivered
-        self.packets = 0
-        self.last_packet_mono_ns = 0  # for a stall watchdog
-        self._camera: Any = None
-        self._encoder: Any = None
+        self.timeout_s = timeout_s
+        self.dropped = 0  # frames the camera made that we did not take (we were late)
+        self.main_size = (width, height)
+        self.lores_size: tuple[int, int] | None = None  # as configured, once started
         self._timestamps = DeviceTimestamps(clock)
-        self._lock = threading.Lock()
-        self._on_packet: Callable[[EncodedPacket], None] | None = None
-        self._pending: list[EncodedPacket] = []
-        self._first_key = threading.Event()
-        self._ready = False
-        self._recording = False
-        self._last_slot = -1
+        self._last_sensor_ns: int | None = None
+        self._first_timeout_s = start_timeout_s
+        self._camera: Any = None
+        self._start(lores)
 
-    def start(self, on_packet: Callable[[EncodedPacket], None]) -> TrackInfo:
+    def _start(self, lores: tuple[int, int] | None) -> None:
         try:
             from picamera2 import Picamera2
         except ImportError as exc:
             raise SourceError(f"picamera2 is not installed: {exc}") from None
-        self._on_packet = on_packet
-        self.encoder_kind = "hardware" if hardware_h264_available() else "libav"
         try:
             self._camera = Picamera2()
+            streams: dict[str, Any] = {"main": {"size": self.main_size, "format": "YUV420"}}
+            if lores is not None:
+                streams["lores"] = {"size": lores, "format": "YUV420"}
             config = self._camera.create_video_configuration(
-                main={"size": (self.width, self.height), "format": "YUV420"},
-                controls={"FrameRate": self.fps},
-            )
+                **streams, controls={"FrameRate": self.fps})
             self._camera.configure(config)
-            self._encoder = _make_encoder(self.encoder_kind, self.bitrate, self.gop_frames,
-                                          self.fps)
-            self._camera.start_recording(self._encoder, _packet_output(self._on_frame))
-            self._recording = True
+            # libcamera may adjust sizes to what the ISP can do: take the ones it chose.
+            chosen = self._camera.camera_config
+            self.main_size = _size(chosen["main"]["size"])
+            if lores is not None:
+                self.lores_size = _size(chosen["lores"]["size"])
+            self._camera.start()
         except Exception as exc:  # libcamera raises assorted types for a missing/busy camera
-            self.stop()
+            self.close()
             raise SourceError(f"cannot start the Pi camera: {exc}") from exc
-        if not self._first_key.wait(self.start_timeout_s):
-            self.stop()
-            raise SourceError(f"the Pi camera gave no keyframe within {self.start_timeout_s} s")
-        info = self._release()
-        log.info("Pi camera: %dx%d@%d, %s H.264 encoder, %s", self.width, self.height, self.fps,
-                 self.encoder_kind, info.codecs)
-        return info
+        log.info("Pi camera: main %dx%d, lores %s, %d fps", *self.main_size,
+                 "x".join(map(str, self.lores_size)) if self.lores_size else "off", self.fps)
 
-    def _release(self) -> TrackInfo:
-        """The track, from the first keyframe's SPS; from now on packets flow to on_packet
-        (what is pending goes with the encoder's next frame)."""
-        with self._lock:
-            first = self._pending[0].data
-            self.info = TrackInfo(
-                name=self.track, kind="video", codec="h264",
-                codecs=h264_codecs_string(first) or "avc1.640028", time_base=VIDEO_TIME_BASE,
-                bitrate=self.bitrate, width=self.width, height=self.height,
-                fps=Fraction(self.fps),
-            )
-            self._ready = True
-        return self.info
-
-    def _on_frame(self, data: bytes, keyframe: bool, timestamp_us: int | None) -> None:
-        packet = self._packet(data, keyframe, timestamp_us)
-        with self._lock:
-            if not self._first_key.is_set():
-                if not keyframe:
-                    return
-                self._first_key.set()
-            if not self._ready:
-                self._pending.append(packet)
-                return
-            deliver, self._pending = [*self._pending, packet], []
-        assert self._on_packet is not None
+    def read(self) -> Captured:
+        if self._camera is None:
+            raise SourceError("the Pi camera is closed")
+        timeout = self._first_timeout_s if self._last_sensor_ns is None else self.timeout_s
+        job = self._camera.capture_request(wait=False)
         try:
-            for p in deliver:
-                self._on_packet(p)
-        except Exception:  # raised into picamera2's thread it would stop encoding silently
-            log.exception("Pi camera packet consumer failed")
+            request = job.get_result(timeout=timeout)
+        except TimeoutError:
+            raise SourceError(f"the Pi camera delivered no frame for {timeout:.0f} s") from None
+        except Exception as exc:  # the camera went away under us
+            raise SourceError(f"the Pi camera failed: {exc}") from exc
+        try:
+            sensor_ns = request.get_metadata().get("SensorTimestamp")
+            main = yuv420_frame(request.make_array("main"), *self.main_size)
+            lores = (yuv420_frame(request.make_array("lores"), *self.lores_size)
+                     if self.lores_size else None)
+        finally:
+            request.release()  # straight back to the camera: the arrays are copies
+        self._count_skipped(sensor_ns)
+        return Captured(main, self._timestamps.media_ns(sensor_ns), lores)
 
-    def _packet(self, data: bytes, keyframe: bool, timestamp_us: int | None) -> EncodedPacket:
-        device_ns = None
-        if timestamp_us is not None:
-            # Relative to the first frame in picamera2 >= 0.3; absolute before that.
-            first_us = getattr(self._encoder, "firsttimestamp", None) or 0
-            device_ns = (first_us + timestamp_us) * 1000
-        media_ns = self._timestamps.media_ns(device_ns)
-        slot = max(round(media_ns * self.fps / 1e9), self._last_slot + 1)
-        self._last_slot = slot
-        pts = slot * 90_000 // self.fps
-        self.packets += 1
-        self.last_packet_mono_ns = time.monotonic_ns()
-        return EncodedPacket(
-            track=self.track, data=data, pts=pts, dts=pts,  # no B-frames from either encoder
-            duration=90_000 // self.fps, time_base=VIDEO_TIME_BASE, keyframe=keyframe,
-            capture_ns=self.clock.wall_ns(media_ns),
-        )
+    def _count_skipped(self, sensor_ns: int | None) -> None:
+        if sensor_ns is None:
+            return
+        if self._last_sensor_ns is not None:
+            periods = round((sensor_ns - self._last_sensor_ns) * self.fps / 1e9)
+            self.dropped += max(0, periods - 1)
+        self._last_sensor_ns = sensor_ns
 
-    def stop(self) -> None:
+    def close(self) -> None:
         camera, self._camera = self._camera, None
         if camera is None:
             return
         try:
-            if self._recording:
-                self._recording = False
-                camera.stop_recording()
+            camera.stop()
         finally:
             camera.close()

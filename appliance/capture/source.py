@@ -14,10 +14,15 @@ class SourceError(Exception):
 
 @dataclass(slots=True)
 class Captured:
-    """A raw frame and the media-clock time (ns since the clock's start) it was captured at."""
+    """A raw frame and the media-clock time (ns since the clock's start) it was captured at.
+
+    `lores`: the same picture at a smaller size, when the camera makes one (the Pi
+    camera's lores stream), so that a rung of that size needs no scaling.
+    """
 
     frame: av.VideoFrame | av.AudioFrame
     media_ns: int
+    lores: av.VideoFrame | None = None
 
 
 class VideoSource(Protocol):

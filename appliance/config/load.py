@@ -12,6 +12,7 @@ from typing import Any
 import tomli_w
 from pydantic import ValidationError
 
+from appliance.board import BoardProfile
 from appliance.config.schema import Config
 
 DEVICE_CONFIG = Path("/etc/appliance/appliance.toml")
@@ -35,25 +36,48 @@ def _loc_to_key(loc: tuple[int | str, ...]) -> str:
     return key
 
 
+_KEY_PART = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]|\.")
+
+
+def _key_to_loc(key: str) -> tuple[int | str, ...]:
+    return tuple(name or int(index) for name, index in _KEY_PART.findall(key) if name or index)
+
+
+# A rule that spans several keys names the one to change at the start of its message.
+_NAMED = re.compile(r"^([A-Za-z_]\w*(?:\[\d+\])*(?:\.[A-Za-z_]\w*(?:\[\d+\])*)*): ")
+
+
+def _own_key(key: str, msg: str) -> tuple[str, str]:
+    """(key, message), taking a more precise key from "video.ladder: ..." messages."""
+    m = _NAMED.match(msg)
+    if m and (not key or m.group(1) == key or m.group(1).startswith((key + ".", key + "["))):
+        return m.group(1), msg[m.end():]
+    return key, msg
+
+
+def _header_line(lines: list[str], path: str, index: int) -> int | None:
+    """Line of the `index`-th [path] or [[path]] header."""
+    header = re.compile(r"^\s*\[\[?\s*" + re.escape(path) + r"\s*\]\]?\s*(#.*)?$")
+    found = [n for n, line in enumerate(lines) if header.match(line)]
+    return found[index] + 1 if index < len(found) else None
+
+
 def _line_of(text: str, loc: tuple[int | str, ...]) -> int | None:
     """Best-effort line number of the key at `loc`, for errors a person can find."""
     tables = [p for p in loc if isinstance(p, str)]
     if not tables:
         return None
     lines = text.splitlines()
-    # Find the header of the innermost table, counting [[array]] occurrences.
+    index = next((p for p in loc if isinstance(p, int)), 0)
+    # A whole table or array of tables (e.g. video.ladder): its header.
+    whole = _header_line(lines, ".".join(tables), index)
+    if whole is not None:
+        return whole
+    # Else the key inside the innermost table, counting [[array]] occurrences.
     start = 0
     header_path = ".".join(tables[:-1])
     if header_path:
-        index = next((p for p in loc if isinstance(p, int)), 0)
-        seen = -1
-        header = re.compile(r"^\s*\[\[?\s*" + re.escape(header_path) + r"\s*\]\]?\s*(#.*)?$")
-        for n, line in enumerate(lines):
-            if header.match(line):
-                seen += 1
-                start = n
-                if seen == index:
-                    break
+        start = (_header_line(lines, header_path, index) or 1) - 1
     key = re.compile(r"^\s*" + re.escape(tables[-1]) + r"\s*=")
     for n in range(start, len(lines)):
         if key.match(lines[n]):
@@ -63,38 +87,38 @@ def _line_of(text: str, loc: tuple[int | str, ...]) -> int | None:
     return start + 1 if header_path else None
 
 
-def validate(data: dict[str, Any], text: str = "") -> Config:
+def validate(data: dict[str, Any], text: str = "", board: BoardProfile | None = None) -> Config:
+    """`data` as a Config for `board` (default: this machine's, see appliance.board)."""
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data, context={"board": board} if board else None)
     except ValidationError as exc:
         errors = []
         for err in exc.errors():
-            loc = tuple(err["loc"])
-            key = _loc_to_key(loc) or "(top level)"
-            msg = err["msg"].removeprefix("Value error, ")
+            key, msg = _own_key(_loc_to_key(tuple(err["loc"])),
+                                err["msg"].removeprefix("Value error, "))
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            line = _line_of(text, loc) if text else None
-            errors.append(f"{key}: {msg}" + (f" (line {line})" if line else ""))
+            line = _line_of(text, _key_to_loc(key)) if text else None
+            errors.append(f"{key or '(top level)'}: {msg}" + (f" (line {line})" if line else ""))
         raise ConfigError(errors) from None
 
 
-def parse(text: str) -> Config:
+def parse(text: str, board: BoardProfile | None = None) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"TOML syntax: {exc}"]) from None
-    return validate(data, text)
+    return validate(data, text, board)
 
 
-def load(path: Path) -> Config:
+def load(path: Path, board: BoardProfile | None = None) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
-    return parse(text)
+    return parse(text, board)
 
 
 def dump(config: Config) -> str:

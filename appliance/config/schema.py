@@ -7,10 +7,27 @@ this schema.
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import asdict
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from appliance.board import (
+    BoardProfile,
+    LadderError,
+    Preset,
+    default_ladder,
+    detect_board,
+    plan_encoders,
+)
 
 
 class Section(BaseModel):
@@ -32,37 +49,66 @@ class Rung(Section):
         return v
 
 
-def _default_ladder() -> list[Rung]:
-    return [Rung(name="720p", width=1280, height=720, bitrate_kbps=3000)]
+def board_of(info: ValidationInfo | None) -> BoardProfile:
+    """The board to validate for: `context={"board": ...}` when given, else this machine's."""
+    context = info.context if info is not None else None
+    board = context.get("board") if isinstance(context, dict) else None
+    return board if isinstance(board, BoardProfile) else detect_board()
+
+
+def _detected_ladder() -> list[Rung]:
+    board = detect_board()
+    return [Rung(**asdict(r)) for r in default_ladder(board, *board.capture)]
 
 
 class Video(Section):
+    """Capture size, preset and ladder default to the board's (see appliance.board)."""
+
     source: Literal["synthetic", "v4l2", "picamera2", "auto"] = Field(
         "auto", title="Video source", description="auto: Pi camera, else V4L2, else synthetic"
     )
     device: str = Field("/dev/video0", title="V4L2 device")
-    width: int = Field(1280, title="Capture width", ge=64, le=3840, multiple_of=2)
-    height: int = Field(720, title="Capture height", ge=64, le=2160, multiple_of=2)
+    width: int = Field(default_factory=lambda: detect_board().capture[0], title="Capture width",
+                       ge=64, le=3840, multiple_of=2)
+    height: int = Field(default_factory=lambda: detect_board().capture[1],
+                        title="Capture height", ge=64, le=2160, multiple_of=2)
     fps: int = Field(30, title="Frames per second", ge=1, le=60)
     encoder: Literal["auto", "x264", "hardware"] = Field(
         "auto", title="H.264 encoder", description="auto: hardware where the board has one"
     )
-    x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] = Field(
-        "veryfast", title="x264 preset"
-    )
-    ladder: list[Rung] = Field(default_factory=_default_ladder, min_length=1, max_length=6)
+    x264_preset: Preset = Field(default_factory=lambda: detect_board().x264_preset,
+                                title="x264 preset")
+    ladder: list[Rung] = Field(default_factory=_detected_ladder, min_length=1, max_length=6)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _board_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        """Keys left out take the board's defaults; the ladder follows the capture size."""
+        if not isinstance(data, dict):
+            return data
+        board = board_of(info)
+        data = {"width": board.capture[0], "height": board.capture[1],
+                "x264_preset": board.x264_preset, **data}
+        width, height = data["width"], data["height"]
+        if "ladder" not in data and isinstance(width, int) and isinstance(height, int):
+            data["ladder"] = [asdict(r) for r in default_ladder(board, width, height)]
+        return data
 
     @model_validator(mode="after")
-    def _ladder_fits(self) -> Video:
+    def _ladder_fits(self, info: ValidationInfo) -> Video:
         names = [r.name for r in self.ladder]
         if len(set(names)) != len(names):
             raise ValueError("video.ladder: rung names must be unique")
         for i, rung in enumerate(self.ladder):
             if rung.width > self.width or rung.height > self.height:
                 raise ValueError(
-                    f"video.ladder[{i}] ({rung.name}) is larger than the capture size "
-                    f"{self.width}x{self.height}"
+                    f"video.ladder[{i}]: {rung.name} ({rung.width}x{rung.height}) is larger "
+                    f"than the capture size {self.width}x{self.height}"
                 )
+        try:
+            plan_encoders(self, board_of(info))
+        except LadderError as exc:
+            raise ValueError(f"video.{exc.key}: {exc}") from None
         return self
 
 
@@ -87,9 +133,9 @@ class Packager(Section):
     @model_validator(mode="after")
     def _parts_fit(self) -> Packager:
         if self.part_s * 2 > self.segment_s:
-            raise ValueError("packager.part_s must be at most half of packager.segment_s")
+            raise ValueError("packager.part_s: must be at most half of packager.segment_s")
         if self.window_s < 6 * self.segment_s:
-            raise ValueError("packager.window_s must be at least 6 x packager.segment_s")
+            raise ValueError("packager.window_s: must be at least 6 x packager.segment_s")
         return self
 
 
@@ -125,16 +171,34 @@ class Fleet(Section):
 
 class Uplink(Section):
     name: str = Field(title="Name", pattern=r"^[A-Za-z0-9_-]{1,32}$")
-    url: str = Field(title="URL", description="srt://, rtmp:// or rtmps://")
+    url: str = Field(
+        title="URL", description="srt://host:port, rtmp://host/app or rtmps://host/app"
+    )
     enabled: bool = True
     rung: str | None = Field(None, title="Rung to push", description="default: the top rung")
-    key: str | None = Field(None, title="Stream key", json_schema_extra={"secret": True})
+    key: str | None = Field(
+        None, title="Stream key", description="RTMP/RTMPS", min_length=1, max_length=512,
+        json_schema_extra={"secret": True},
+    )
+    ca_file: str | None = Field(
+        None, title="CA file", description="RTMPS: trust this CA (PEM) instead of the system's"
+    )
+    mode: Literal["caller", "listener"] = Field(
+        "caller", title="SRT mode",
+        description="caller: connect to the origin; listener: wait on host:port for it",
+    )
     passphrase: str | None = Field(
         None, title="SRT passphrase", min_length=10, max_length=79,
         json_schema_extra={"secret": True},
     )
-    streamid: str | None = Field(None, title="SRT stream id")
-    latency_ms: int = Field(120, title="SRT latency (ms)", ge=20, le=8000)
+    streamid: str | None = Field(
+        None, title="SRT stream id", max_length=512,
+        description='e.g. "#!::r=live/cam1,m=publish" or what the origin asks for',
+    )
+    latency_ms: int = Field(
+        120, title="SRT latency (ms)", ge=20, le=8000,
+        description="At least 4 x the round-trip time; on cellular links 1000-2000 ms",
+    )
 
     @field_validator("url")
     @classmethod
@@ -144,7 +208,50 @@ class Uplink(Section):
             raise ValueError("scheme must be srt://, rtmp:// or rtmps://")
         if not parts.hostname:
             raise ValueError("URL has no host")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("URL has an invalid port") from None
+        if parts.scheme == "srt":
+            if port is None:
+                raise ValueError("an SRT URL needs a port: srt://host:port")
+            if parts.query or parts.path.strip("/"):
+                # One place for each setting, and secrets never inside a URL that gets
+                # shown and logged.
+                raise ValueError("put SRT options in their keys (mode, latency_ms, streamid, "
+                                 "passphrase), not in the URL")
+        elif not parts.path.strip("/"):
+            raise ValueError("an RTMP URL needs the application: rtmp://host/app")
+        if parts.password or parts.username:
+            raise ValueError("no credentials in the URL: use the key or passphrase keys")
         return v
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, message) of settings that do not go with this URL's protocol."""
+        srt = urlsplit(self.url).scheme == "srt"
+        out = []
+        if not srt and self.key is None:
+            out.append(("key", "RTMP needs the stream key"))
+        for key, only in (("key", "RTMP"), ("ca_file", "RTMPS"), ("passphrase", "SRT"),
+                          ("streamid", "SRT")):
+            if getattr(self, key) is not None and (only == "SRT") != srt:
+                out.append((key, f"only for {only} destinations"))
+        if self.ca_file is not None and urlsplit(self.url).scheme == "rtmp":
+            out.append(("ca_file", "only for rtmps:// (plain RTMP has no TLS)"))
+        return out
+
+
+class Recording(Section):
+    enabled: bool = Field(
+        False, title="Record locally",
+        description="Keep the top rung and audio in MP4 files, also while uplinks are down",
+    )
+    max_mb: int = Field(2048, title="Size cap (MB)", ge=64, le=1_000_000,
+                        description="The oldest files go when the total passes this")
+    file_s: int = Field(300, title="File length (s)", ge=10, le=3600)
+    directory: str | None = Field(
+        None, title="Directory", description="default: recordings/ in the state directory"
+    )
 
 
 class Config(Section):
@@ -153,15 +260,27 @@ class Config(Section):
     packager: Packager = Field(default_factory=Packager)  # type: ignore[arg-type]
     web: Web = Field(default_factory=Web)  # type: ignore[arg-type]
     fleet: Fleet | None = None
+    recording: Recording = Field(default_factory=Recording)  # type: ignore[arg-type]
     uplink: list[Uplink] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tables(cls, data: Any) -> Any:
+        # Absent tables are validated as empty ones, so that their defaults see the
+        # validation context (the board) as the keys of a table that is there do.
+        if isinstance(data, dict):
+            return {"video": {}, "audio": {}, "packager": {}, "web": {}, **data}
+        return data
 
     @model_validator(mode="after")
     def _uplink_names(self) -> Config:
         names = [u.name for u in self.uplink]
         if len(set(names)) != len(names):
-            raise ValueError("uplink names must be unique")
+            raise ValueError("uplink: names must be unique")
         rungs = {r.name for r in self.video.ladder}
         for i, u in enumerate(self.uplink):
             if u.rung is not None and u.rung not in rungs:
                 raise ValueError(f"uplink[{i}].rung: no rung named {u.rung!r} in video.ladder")
+            for key, msg in u.problems():
+                raise ValueError(f"uplink[{i}].{key}: {msg}")
         return self

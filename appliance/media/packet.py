@@ -17,6 +17,7 @@ class TrackInfo:
     codecs: str  # RFC 6381 string for playlists: "avc1.64001f", "mp4a.40.2"
     time_base: Fraction
     bitrate: int  # bits per second, as configured
+    peak_bitrate: int = 0  # the most one segment can carry, by the rate control; 0: bitrate
     width: int = 0
     height: int = 0
     fps: Fraction = Fraction(0)

@@ -14,6 +14,7 @@ from fractions import Fraction
 
 import av
 
+from appliance.media.avmux import add_track_stream, mux_packet
 from appliance.media.packet import EncodedPacket, TrackInfo
 
 NTP_UNIX_OFFSET_NS = 2_208_988_800 * 1_000_000_000  # 1900-01-01 to 1970-01-01
@@ -83,16 +84,7 @@ class CmafMuxer:
                 "write_prft": "pts",
             },
         )
-        if info.kind == "video":
-            self._stream = self._container.add_mux_stream(
-                "h264", rate=info.fps, width=info.width, height=info.height
-            )
-        else:
-            # The aac "encoder" here is never fed; it gives the muxer the AudioSpecificConfig.
-            self._stream = self._container.add_stream("aac", rate=info.sample_rate)
-            self._stream.codec_context.layout = "stereo" if info.channels == 2 else "mono"
-            self._stream.codec_context.bit_rate = info.bitrate
-        self._stream.time_base = info.time_base
+        self._stream = add_track_stream(self._container, info)
         self.init: bytes | None = None
         self._pending: list[EncodedPacket] = []  # packets of the fragment being written
         self._init_boxes: list[bytes] = []
@@ -100,12 +92,7 @@ class CmafMuxer:
         self._segment_index = -1
 
     def feed(self, pkt: EncodedPacket) -> list[MuxedPart]:
-        av_pkt = av.Packet(pkt.data)
-        av_pkt.pts, av_pkt.dts, av_pkt.duration = pkt.pts, pkt.dts, pkt.duration
-        av_pkt.time_base = pkt.time_base
-        av_pkt.is_keyframe = pkt.keyframe
-        av_pkt.stream = self._stream
-        self._container.mux_one(av_pkt)
+        mux_packet(self._container, self._stream, pkt)
         parts = self._collect(pkt)
         self._pending.append(pkt)
         return parts

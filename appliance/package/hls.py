@@ -33,10 +33,10 @@ AUDIO_GROUP = "audio"
 # EXT-X-MAP.) No EXT-X-DATERANGE is ever skipped, so 10 is never needed.
 MEDIA_VERSION = 9
 
-# Peak bit rate headroom over the configured encoder bitrates, before any measurement:
-# encoder rate control overshoots within a segment and CMAF boxes add a few percent.
-PEAK_HEADROOM = 1.2
-AVERAGE_OVERHEAD = 1.05
+# CMAF boxes add a few percent to the encoders' bit rates. Before any measurement the
+# peak comes from the rate control's bound (TrackInfo.peak_bitrate: a segment after a
+# scene change can carry its rate buffer on top), the average from the configuration.
+BOX_OVERHEAD = 1.05
 
 _EPS = 1e-6
 
@@ -407,9 +407,9 @@ def _audio_media_tag(audio: TrackStore) -> str:
 def _stream_inf(video: TrackStore, audio: TrackStore | None) -> list[str]:
     tracks = [video] if audio is None else [video, audio]
     configured = sum(t.info.bitrate for t in tracks)
-    peak = max(int(configured * PEAK_HEADROOM), sum(peak_bitrate(t) for t in tracks))
+    peak = sum(declared_peak(t) for t in tracks)
     measured = [average_bitrate(t) for t in tracks]
-    average = sum(measured) if all(measured) else int(configured * AVERAGE_OVERHEAD)
+    average = sum(measured) if all(measured) else int(configured * BOX_OVERHEAD)
     # §4.4.6.2: CODECS MUST list every format of every rendition the variant plays.
     codecs = ",".join(t.info.codecs for t in tracks)
     attrs = [f"BANDWIDTH={max(peak, average)}", f"AVERAGE-BANDWIDTH={average}",
@@ -422,6 +422,13 @@ def _stream_inf(video: TrackStore, audio: TrackStore | None) -> list[str]:
     if audio is not None:
         attrs.append(f'AUDIO="{AUDIO_GROUP}"')
     return ["#EXT-X-STREAM-INF:" + ",".join(attrs), f"{info.name}/{MEDIA_PLAYLIST}"]
+
+
+def declared_peak(track: TrackStore) -> int:
+    """The peak bit rate to declare (HLS BANDWIDTH, DASH @bandwidth): the rate control's
+    bound with box overhead, or the largest complete segment's rate when higher."""
+    bound = track.info.peak_bitrate or track.info.bitrate
+    return max(int(bound * BOX_OVERHEAD), peak_bitrate(track))
 
 
 def peak_bitrate(track: TrackStore) -> int:

@@ -49,6 +49,12 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
+# A file under the package's dist/, up to three folders deep (dash.js ships
+# dist/modern/esm/...). No part may start with a dot, so no "..": resolve() below checks too.
+_VENDOR_PART = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
+_VENDOR_FILE = rf"(?:{_VENDOR_PART}/){{0,3}}{_VENDOR_PART}"
+
+
 async def vendor(request: web.Request) -> web.FileResponse:
     pkg, name = request.match_info["pkg"], request.match_info["file"]
     root = (vendor_dir() / pkg / "dist").resolve()
@@ -64,7 +70,7 @@ def make_app(hub: StatusHub, store: SegmentStore) -> web.Application:
     app[STORE_KEY] = store
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/", index)
-    app.router.add_get(r"/static/vendor/{pkg:[a-z0-9.-]+}/{file:[A-Za-z0-9._-]+}", vendor)
+    app.router.add_get(r"/static/vendor/{pkg:[a-z0-9.-]+}/{file:" + _VENDOR_FILE + "}", vendor)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
     setup_live(app, store)
     return app

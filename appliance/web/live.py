@@ -1,7 +1,9 @@
-"""HTTP routes under /live: LL-HLS playlists (with blocking reload) and CMAF media.
+"""HTTP routes under /live: LL-HLS playlists (with blocking reload), the LL-DASH MPD and
+its time endpoint, and CMAF media (the segment being written streams as it grows).
 
 Each route is a plain aiohttp handler, so a middleware (playback tokens) can wrap them.
-Playlists come from appliance.package.hls; this module only parses, waits and replies.
+Playlists and the MPD come from appliance.package.hls and .dash; this module only
+parses, waits and replies.
 Every reply of these routes, errors included, carries CORS headers: playback is open to
 other pages. Route names all start with "live-", for a middleware to recognise them.
 """
@@ -9,16 +11,25 @@ other pages. Route names all start with "live-", for a middleware to recognise t
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.web_response import ContentCoding
 
-from appliance.package import hls, hls_request
-from appliance.package.store import SegmentStore, TrackStore
+from appliance.package import dash, hls, hls_request
+from appliance.package.store import Segment, SegmentStore, TrackStore
+
+log = logging.getLogger(__name__)
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
+MPD_TYPE = "application/dash+xml"
+# A streamed segment that gets no new part for this long past its segment duration is
+# abandoned (source lost): the connection is cut so that no cache keeps it truncated.
+STREAM_IDLE_MARGIN_S = 1.0
 
 # Track names are rung names or "audio": no dot or slash, so no traversal can match.
 _TRACK = r"{track:[A-Za-z0-9][A-Za-z0-9_-]{0,31}}"
@@ -27,6 +38,7 @@ _PART = r"{part:[0-9]{1,6}}"
 
 CORS = {"Access-Control-Allow-Origin": "*"}
 EXPECTED_WAIT_STEPS = 20  # x 0.1 s
+FIRST_PART_WAIT_S = 1.0
 _PREFLIGHT = {
     "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
     "Access-Control-Max-Age": "600",
@@ -99,12 +111,15 @@ class LiveRoutes:
 
     # -- playlists -------------------------------------------------------------------------
 
-    async def multivariant(self, request: web.Request) -> web.StreamResponse:
+    async def _wait_for_expected_tracks(self) -> None:
         # Tracks appear within ~0.1 s of each other at start-up; a missing source's never do.
         for _ in range(EXPECTED_WAIT_STEPS):
             if self.store.all_expected_present:
                 break
             await asyncio.sleep(0.1)
+
+    async def multivariant(self, request: web.Request) -> web.StreamResponse:
+        await self._wait_for_expected_tracks()
         text = hls.render_multivariant(self.store)
         if text is None:
             raise _Reply(503, "live stream not started", retry_after=1)
@@ -154,10 +169,42 @@ class LiveRoutes:
 
     async def segment(self, request: web.Request) -> web.StreamResponse:
         track = self.track(request)
-        seg = track.segment(int(request.match_info["msn"]))
-        if seg is None or not seg.complete:
+        msn = int(request.match_info["msn"])
+        seg = track.segment(msn)
+        if seg is None and _is_next(track, msn):
+            # LL-DASH players ask for a segment as soon as its first part is due; that can be
+            # a moment before it starts (audio starts up to half a part late): wait for it.
+            await track.wait_until(lambda: track.segment(msn) is not None,
+                                   track.segment_target + STREAM_IDLE_MARGIN_S)
+            seg = track.segment(msn)
+        if seg is None:
             raise _Reply(404, "no such segment")
-        return _media(track, seg.data, _media_cache(track))
+        if seg.complete:
+            return _media(track, seg.data, _media_cache(track))
+        return await _stream_segment(request, track, seg)
+
+    # -- LL-DASH ----------------------------------------------------------------------------
+
+    async def mpd(self, request: web.Request) -> web.StreamResponse:
+        await self._wait_for_expected_tracks()
+        # The MPD's clock anchor comes from a segment: a track's first part follows its
+        # header within a part duration or so, so wait that long rather than answer 503.
+        deadline = asyncio.get_running_loop().time() + FIRST_PART_WAIT_S
+        for track in list(self.store.tracks.values()):
+            left = deadline - asyncio.get_running_loop().time()
+            await track.wait_until(_has_segment(track), max(0.0, left))
+        # UTCTiming wants an absolute URL: this request's scheme and host name the appliance
+        # as the player reaches it.
+        time_url = str(request.url.join(request.app.router["live-time"].url_for()))
+        text = dash.render_mpd(self.store, time_url)
+        if text is None:
+            raise _Reply(503, "live stream not started", retry_after=1)
+        return _playlist(request, text, "no-cache", MPD_TYPE)
+
+    async def utc_time(self, request: web.Request) -> web.StreamResponse:
+        # urn:mpeg:dash:utc:http-iso:2014: the body is the time, ISO 8601 in UTC.
+        return web.Response(text=dash.fmt_iso_ms(time.time_ns()), content_type="text/plain",
+                            headers={"Cache-Control": "no-store"})
 
     async def part(self, request: web.Request) -> web.StreamResponse:
         track = self.track(request)
@@ -182,8 +229,9 @@ class LiveRoutes:
         return web.Response(status=204, headers=headers)
 
 
-def _playlist(request: web.Request, text: str, cache: str) -> web.Response:
-    resp = web.Response(body=text.encode(), content_type=PLAYLIST_TYPE,
+def _playlist(request: web.Request, text: str, cache: str,
+              content_type: str = PLAYLIST_TYPE) -> web.Response:
+    resp = web.Response(body=text.encode(), content_type=content_type,
                         headers={"Cache-Control": cache, "Vary": "Accept-Encoding"})
     if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
         # §6.2.1: playlists SHOULD go gzip when the client takes it. aiohttp alone would
@@ -202,9 +250,63 @@ def _accepts_gzip(header: str) -> bool:
     return False
 
 
+def _media_type(track: TrackStore) -> str:
+    return "video/mp4" if track.info.kind == "video" else "audio/mp4"
+
+
 def _media(track: TrackStore, data: bytes, cache: str) -> web.Response:
-    ctype = "video/mp4" if track.info.kind == "video" else "audio/mp4"
-    return web.Response(body=data, content_type=ctype, headers={"Cache-Control": cache})
+    return web.Response(body=data, content_type=_media_type(track),
+                        headers={"Cache-Control": cache})
+
+
+def _is_next(track: TrackStore, msn: int) -> bool:
+    """Whether `msn` is the segment that the newest one will be followed by."""
+    return bool(track.segments) and msn == track.segments[-1].msn + 1
+
+
+async def _stream_segment(request: web.Request, track: TrackStore,
+                          seg: Segment) -> web.StreamResponse:
+    """The open segment by chunked transfer: the parts written so far, then each new part
+    as it arrives, until the segment completes (its bytes are then those of the complete
+    segment). A source that stops mid-segment, or a client that leaves, ends it early."""
+    resp = web.StreamResponse(headers={**CORS, "Cache-Control": _media_cache(track)})
+    resp.content_type = _media_type(track)
+    await resp.prepare(request)
+    if request.method == "HEAD":
+        return resp  # headers only: no waiting for a body nobody reads
+    sent = 0
+    idle = track.segment_target + STREAM_IDLE_MARGIN_S
+    try:
+        while True:
+            while sent < len(seg.parts):
+                await resp.write(seg.parts[sent].data)
+                sent += 1
+            if seg.complete:
+                break
+            if not await track.wait_until(_grown_past(seg, sent), idle):
+                # No terminating chunk: the client and any cache see an incomplete reply.
+                log.info("segment %s/%d stopped growing; stream cut", track.info.name, seg.msn)
+                _abort(request)
+                return resp
+        await resp.write_eof()
+    except ConnectionResetError:
+        pass  # the client left: nothing to clean up, the store is only read
+    return resp
+
+
+def _has_segment(track: TrackStore) -> Callable[[], bool]:
+    return lambda: bool(track.segments)
+
+
+def _grown_past(seg: Segment, count: int) -> Callable[[], bool]:
+    return lambda: seg.complete or len(seg.parts) > count
+
+
+def _abort(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        with contextlib.suppress(OSError):
+            transport.abort()
 
 
 def _media_cache(track: TrackStore) -> str:
@@ -222,9 +324,11 @@ def setup_live(app: web.Application, store: SegmentStore) -> None:
         ("live-init", f"/live/{_TRACK}/{hls.INIT_URI}", live.init),
         ("live-segment", f"/live/{_TRACK}/seg{_MSN}.m4s", live.segment),
         ("live-part", f"/live/{_TRACK}/part{_MSN}.{_PART}.m4s", live.part),
+        ("live-mpd", f"/live/{dash.MPD_NAME}", live.mpd),
+        ("live-time", f"/live/{dash.TIME_NAME}", live.utc_time),
     ]
-    # No catch-all under /live: it would shadow routes added later (the DASH MPD), so
-    # other paths get aiohttp's plain 404.
+    # No catch-all under /live: it would shadow routes added later, so other paths get
+    # aiohttp's plain 404.
     for name, path, handler in routes:
         resource = app.router.add_resource(path, name=name)
         resource.add_route("GET", _live(handler))

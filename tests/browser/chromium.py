@@ -74,3 +74,12 @@ def launch_chromium() -> Iterator[Browser]:
             browser.close()
     finally:
         pw.stop()
+
+
+DASH_JS = ROOT / "node_modules" / "dashjs" / "dist" / "modern" / "esm" / "dash.mediaplayer.min.js"
+
+
+def check_dash_js() -> None:
+    """dash.js as the page imports it (static/dash-player.js), installed by npm."""
+    if not DASH_JS.is_file():
+        raise MissingTool(f"{DASH_JS.relative_to(ROOT)} is missing: {SETUP_HINT}")

@@ -42,7 +42,7 @@ export const hlsConfig = {
   enableWorker: false,
 };
 
-// Live catch-up done by the page (player.js): play slightly faster while hls.js's latency
+// Live catch-up done by the page (hls-player.js): play slightly faster while hls.js's latency
 // is above its target, as long as enough is buffered that speeding up cannot stall.
 export const catchUp = {
   // At most 20 % faster: hardly visible in a live view, and browsers keep audio pitch.

@@ -1,32 +1,39 @@
-// The appliance's live view: plays /live/index.m3u8 with hls.js (the appliance's own
-// low-latency settings) and shows the latency hls.js reports, the latency read from
-// the picture's stamp, and stalls. State is on window.player for tests and benchmarks.
+// The appliance's live view: plays the live stream with hls.js (LL-HLS, the default) or
+// dash.js (LL-DASH, /?player=dash), each with the appliance's own low-latency settings,
+// and shows the latency the player reports, the latency read from the picture's stamp,
+// and stalls. State is on window.player for tests and benchmarks.
 
-import Hls from './vendor/hls.js/hls.mjs';
-import { catchUp, hlsConfig } from './hls-settings.js';
 import { readStamp } from './stamp.js';
 
-const SRC = '/live/index.m3u8';
 const RETRY_MS = 2000;
 const MAX_SAMPLES = 20000; // about 11 min at 30 fps: bounded, for long-open pages
+const PLAYERS = {
+  hls: { label: 'hls.js', module: './hls-player.js' },
+  dash: { label: 'dash.js', module: './dash-player.js' },
+};
 
 const video = document.getElementById('video');
 const $ = (id) => document.getElementById(id);
 
 const stats = {
   started: false, // first 'playing' seen
-  stalls: 0, // stall episodes after start: a 'waiting' or BUFFER_STALLED_ERROR
+  stalls: 0, // stall episodes after start: a 'waiting' or a player's own stall report
   waitingEvents: 0, // raw 'waiting' events after start
-  bufferStalledErrors: 0, // raw hls.js BUFFER_STALLED_ERROR after start
+  bufferStalledErrors: 0, // raw player stall reports after start (hls.js BUFFER_STALLED_ERROR, dash.js bufferStalled)
   inStall: false,
   stampLatencyMs: null, // last per-frame Date.now() - stamp
   stampSamples: [], // every rendered frame's stamp latency (ms), bounded
   framesWithoutStamp: 0,
-  hlsLatency: null, // seconds, hls.latency
-  errors: [], // last few hls.js errors, for the page and tests
+  playerLatency: null, // seconds, as the player computes it (hls.latency, dash.js live latency)
+  errors: [], // last few player errors, for the page and tests
 };
 
-const player = { hls: null, stats, video, native: false };
+// kind: 'hls' | 'dash'; hls / dash: the library's player object while one runs;
+// latency(): the player's own latency figure in seconds, or null.
+const player = {
+  kind: new URLSearchParams(location.search).get('player') === 'dash' ? 'dash' : 'hls',
+  hls: null, dash: null, stats, video, native: false, latency: () => null,
+};
 window.player = player;
 
 function setState(text, cls = '') {
@@ -40,6 +47,24 @@ function stallBegins() {
   stats.inStall = true;
   stats.stalls++;
 }
+
+// What a player module may report back; the page keeps one set of figures for both.
+const hooks = {
+  setState,
+  retryMs: RETRY_MS,
+  error(text) {
+    stats.errors.push(text);
+    if (stats.errors.length > 20) stats.errors.shift();
+  },
+  bufferStalled() {
+    if (!stats.started) return;
+    stats.bufferStalledErrors++;
+    stallBegins();
+  },
+  play() {
+    video.play().catch(() => setState('tap play', 'warn'));
+  },
+};
 
 video.addEventListener('playing', () => {
   stats.started = true;
@@ -81,35 +106,13 @@ function bufferAhead() {
   return b.length ? b.end(b.length - 1) - video.currentTime : 0;
 }
 
-// Live catch-up (see hls-settings.js for why hls.js's own is off): nudge the playback
-// rate towards hls.js's target latency, never while the buffer ahead is thin.
-function catchUpTick() {
-  const hls = player.hls;
-  if (!hls || !hls.media || video.paused || !stats.started) return;
-  const target = hls.targetLatency;
-  const latency = hls.latency;
-  if (target === null || !latency) return;
-  const over = latency - target;
-  const speeding = video.playbackRate > 1;
-  let rate = 1;
-  if (bufferAhead() >= catchUp.minBufferAheadS &&
-      (over > catchUp.startAboveS || (speeding && over > catchUp.stopWithinS))) {
-    // Steps of 0.05: each change of rate costs the audio renderer a resample switch.
-    rate = Math.min(catchUp.maxRate, Math.round((1 + catchUp.gain * over) * 20) / 20);
-    rate = Math.max(rate, 1.05);
-  }
-  if (video.playbackRate !== rate) video.playbackRate = rate;
-}
-setInterval(catchUpTick, catchUp.intervalMs);
-
 function fmtSeconds(s) {
   return s === null || !Number.isFinite(s) ? '–' : `${s.toFixed(2)} s`;
 }
 
 function render() {
-  const hls = player.hls;
-  if (hls && hls.media) stats.hlsLatency = hls.latency;
-  $('hls-latency').textContent = player.native ? 'n/a (native HLS)' : fmtSeconds(stats.hlsLatency);
+  stats.playerLatency = player.latency();
+  $('hls-latency').textContent = player.native ? 'n/a (native HLS)' : fmtSeconds(stats.playerLatency);
   if ('requestVideoFrameCallback' in HTMLVideoElement.prototype) {
     $('stamp-latency').textContent =
       stats.stampLatencyMs === null ? 'no stamp' : fmtSeconds(stats.stampLatencyMs / 1000);
@@ -121,46 +124,23 @@ function render() {
 }
 setInterval(render, 500);
 
-function start() {
-  if (Hls.isSupported()) {
-    startHlsJs();
-  } else if (video.canPlayType('application/vnd.apple.mpegurl')) {
-    // iPhone Safari before ManagedMediaSource: its own LL-HLS player.
-    player.native = true;
-    video.src = SRC;
-    video.play().catch(() => setState('tap play', 'warn'));
-  } else {
-    setState('this browser cannot play HLS', 'bad');
+function showPlayerChoice() {
+  $('player-kind').textContent = PLAYERS[player.kind].label;
+  for (const link of document.querySelectorAll('#players a')) {
+    if (link.dataset.player === player.kind) link.setAttribute('aria-current', 'page');
   }
 }
 
-function startHlsJs() {
-  const hls = new Hls(hlsConfig);
-  player.hls = hls;
-  hls.on(Hls.Events.ERROR, (_event, data) => {
-    stats.errors.push(`${data.type}/${data.details}${data.fatal ? ' (fatal)' : ''}`);
-    if (stats.errors.length > 20) stats.errors.shift();
-    if (data.details === Hls.ErrorDetails.BUFFER_STALLED_ERROR && stats.started) {
-      stats.bufferStalledErrors++;
-      stallBegins();
-    }
-    if (!data.fatal) return;
-    setState(`error: ${data.details}, retrying`, 'bad');
-    if (data.type === Hls.ErrorTypes.MEDIA_ERROR) {
-      hls.recoverMediaError();
-    } else {
-      // Network errors (daemon restarting, media off in safe mode): start over.
-      hls.destroy();
-      player.hls = null;
-      setTimeout(startHlsJs, RETRY_MS);
-    }
-  });
-  hls.on(Hls.Events.MANIFEST_PARSED, () => {
-    video.play().catch(() => setState('tap play', 'warn'));
-  });
-  hls.loadSource(SRC);
-  hls.attachMedia(video);
+async function start() {
+  showPlayerChoice();
+  setState('connecting…');
+  // Only the chosen player's library is loaded.
+  const { startPlayer } = await import(PLAYERS[player.kind].module);
+  startPlayer(player, hooks, { bufferAhead });
 }
 
-setState('connecting…');
-start();
+start().catch((err) => {
+  // The library did not load (npm packages missing, an old browser without modules).
+  hooks.error(String(err));
+  setState(`cannot start ${PLAYERS[player.kind].label}`, 'bad');
+});
