@@ -23,7 +23,9 @@ from appliance.media.clock import MediaClock
 from appliance.media.packet import TrackInfo
 from appliance.package.packager import TrackPackager
 from appliance.package.store import SegmentStore
+from appliance.record.recorder import Recorder
 from appliance.status import StatusHub
+from appliance.uplink.manager import UplinkManager
 from appliance.web.app import make_app
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,9 @@ class Daemon:
         self.bus = MediaBus()
         self.packagers: list[TrackPackager] = []
         self.pipeline: CapturePipeline | None = None
+        self.uplinks: UplinkManager | None = None
+        self.recorder: Recorder | None = None
+        self.cfg = Config()
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
 
@@ -93,9 +98,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.hub.update("daemon", safe_mode=False, state_dir=str(self.state_dir))
         cfg, media_ok = resolve_config(self.config_path, self.hub)
+        self.cfg = cfg
 
         runner = web.AppRunner(make_app(self.hub, self.store), access_log=None)
         await runner.setup()
@@ -104,13 +111,17 @@ class Daemon:
         log.info("serving on http://%s:%d/", cfg.web.host, cfg.web.port)
 
         if media_ok:
-            self._start_media(cfg, loop)
+            self._start_media(cfg)
         else:
             log.error("safe mode: media is off until the config is fixed")
         try:
             await self._stopping.wait()
         finally:
             log.info("stopping")
+            if self.uplinks:
+                await asyncio.to_thread(self.uplinks.stop)
+            if self.recorder:
+                await asyncio.to_thread(self.recorder.stop)
             if self.pipeline:
                 await asyncio.to_thread(self.pipeline.stop)
             for p in self.packagers:
@@ -121,7 +132,42 @@ class Daemon:
             return 1
         return 0
 
-    def _start_media(self, cfg: Config, loop: asyncio.AbstractEventLoop) -> None:
+    async def reload(self) -> None:
+        """SIGHUP: read the config file again and apply it (see apply_config)."""
+        path = self.config_path or DEVICE_CONFIG
+        try:
+            cfg = load(path)
+        except ConfigError as exc:
+            for err in exc.errors:
+                log.error("reload: config %s: %s (kept the running config)", path, err)
+            self.hub.update("daemon", reload_errors=exc.errors)
+            return
+        self.hub.update("daemon", reload_errors=[])
+        await self.apply_config(cfg)
+
+    async def apply_config(self, cfg: Config) -> list[str]:
+        """Apply a valid config while running; returns the sections that need a restart.
+
+        Uplink destinations are applied one by one (an unchanged one keeps its
+        connection). Leaving safe mode starts media. Other changes wait for a restart.
+        """
+        old, self.cfg = self.cfg, cfg
+        if self.pipeline is None:  # safe mode: the config is good now
+            self.hub.update("daemon", safe_mode=False, config_errors=[])
+            log.info("config fixed: starting media")
+            self._start_media(cfg)
+            return []
+        assert self.uplinks is not None
+        await asyncio.to_thread(self.uplinks.apply, cfg.uplink)
+        pending = [name for name in type(cfg).model_fields
+                   if name != "uplink" and getattr(cfg, name) != getattr(old, name)]
+        for name in pending:
+            log.warning("config: changes to [%s] apply at the next restart", name)
+        self.hub.update("daemon", restart_needed=pending)
+        return pending
+
+    def _start_media(self, cfg: Config) -> None:
+        loop = asyncio.get_running_loop()
         clock = MediaClock()
 
         def fatal_threadsafe(exc: BaseException) -> None:
@@ -143,6 +189,17 @@ class Daemon:
         self.store.expected = {r.name for r in cfg.video.ladder}
         if cfg.audio.enabled:
             self.store.expected.add("audio")
+        top = cfg.video.ladder[0].name
+        audio = "audio" if cfg.audio.enabled else None
+        # Consumers subscribe before capture starts, so they miss nothing from the start.
+        if cfg.recording.enabled:
+            directory = Path(cfg.recording.directory or self.state_dir / "recordings")
+            self.recorder = Recorder(directory, top, audio, self.bus, self.hub,
+                                     cfg.recording.file_s, cfg.recording.max_mb * 1_000_000,
+                                     fatal_threadsafe)
+            self.recorder.start()
+        self.uplinks = UplinkManager(self.bus, self.hub, top, audio, fatal_threadsafe)
+        self.uplinks.apply(cfg.uplink)
         self.pipeline = CapturePipeline(cfg, clock, self.bus, self.hub, on_track,
                                         fatal_threadsafe)
         self.pipeline.start()
