@@ -116,6 +116,10 @@ if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; 
 fi
 command -v node >/dev/null 2>&1 || MISSING+=(nodejs)
 command -v npm >/dev/null 2>&1 || MISSING+=(npm)
+# libsrt, which the SRT uplinks load in-process (ctypes); either flavour will do.
+if ! is_installed libsrt1.5-gnutls && ! is_installed libsrt1.5-openssl; then
+    MISSING+=(libsrt1.5-gnutls)
+fi
 if ((WITH_TEST)); then
     if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
         MISSING+=(chromium)
@@ -127,6 +131,12 @@ if ((WITH_TEST)); then
     if ! is_installed fonts-liberation && ! is_installed fonts-dejavu-core; then
         MISSING+=(fonts-liberation)
     fi
+    # The uplink tests' origins: nginx with the RTMP module and, for the RTMPS front, the
+    # stream module; srt-live-transmit; openssl to make the test CA; ip and tc for the
+    # network-namespace test. (The nginx package itself: Debian 13 has no nginx-light.)
+    for pkg in nginx libnginx-mod-rtmp libnginx-mod-stream srt-tools openssl iproute2; do
+        is_installed "$pkg" || MISSING+=("$pkg")
+    done
 fi
 
 # --- install it ------------------------------------------------------------------------

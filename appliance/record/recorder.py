@@ -3,7 +3,8 @@
 Fragmented MP4 (an empty moov, then a moof+mdat per GOP) stays playable up to its last
 complete fragment after a power cut, and each fragment is fsynced as it is written,
 so at most one GOP is lost. Files start at a keyframe; a new file begins at the first
-keyframe after `file_s`, and the oldest files go when the total passes `max_mb`.
+keyframe after `file_s` (or once the file holds a quarter of the cap), and the oldest
+files go when the total passes `max_mb`.
 Recording reads the media bus like any consumer: it goes on while uplinks are down.
 """
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 PREFIX, SUFFIX = "rec-", ".mp4"
 QUEUE_PACKETS = 600  # ~8 s: rides out a slow SD card write without touching capture
+MIN_FILES = 4  # a file is cut by size once it holds this fraction of the cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,10 @@ class _File:
     def sync(self) -> None:
         self._fh.flush()
         os.fsync(self._fh.fileno())
+
+    def size(self) -> int:
+        """Bytes written so far (as of the last sync: at the keyframe before)."""
+        return os.fstat(self._fh.fileno()).st_size
 
     def close(self) -> None:
         try:
@@ -149,7 +155,11 @@ class Recorder:
             self._keyframes_waited += 1
             if self._keyframes_waited < 2:
                 return  # at start-up audio may follow video by a moment: wait one GOP
-        if keyframe and (self._file is None or media_s - self._file_start >= self.file_s):
+        if keyframe and (self._file is None or media_s - self._file_start >= self.file_s
+                         or self._file.size() >= self.max_bytes // MIN_FILES):
+            # By time, or by size: files as long as the cap holds (a 64 MB cap, 300 s
+            # files at 3 Mbit/s: 110 MB) would leave it nothing older to delete, and
+            # the total would grow past it.
             self._rotate(pkt, media_s)
         if self._file is None or pkt.track not in self._file.streams:
             return  # nothing before the first keyframe would decode

@@ -261,6 +261,10 @@ class Destination:
 
     def _publish_state(self, state: str, **fields: Any) -> None:
         parts = urlsplit(self.cfg.url)
+        # A state change starts or ends a connection: the rate and uptime of the one
+        # before must not show beside "retrying", nor for the first second of the next.
+        fields.setdefault("bitrate_kbps", 0.0)
+        fields.setdefault("uptime_s", 0.0)
         self.hub.update(self.section, enabled=self.cfg.enabled, state=state,
                         protocol=parts.scheme, target=f"{parts.hostname}:{parts.port or ''}",
                         rung=self.rung, reconnects=self.reconnects,

@@ -181,8 +181,14 @@ class RtmpPublisher:
             if code == "NetStream.Publish.Start":
                 return
             if info.get("level") == "error" or "Publish" in code:
-                raise RtmpError(f"publish refused: {code} {info.get('description', '')}".strip(),
-                                auth=True)
+                description = str(info.get("description", ""))
+                # "Already publishing": the origin still holds this key's previous
+                # connection (a stall, a cable pulled) until it times it out. Not a
+                # refused key: retry as for a network fault, not at the slow pace.
+                stale = "already" in description.lower()
+                raise RtmpError(f"publish refused: {code} {description}".strip()
+                                + (" (the origin still has a stream with this key)"
+                                   if stale else ""), auth=not stale)
 
     def _next_command(self) -> list[Any]:
         """Read messages, answering control ones, until an AMF command arrives."""
