@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from appliance.board import PROFILES, BoardError, detect_board, profile_named
 from appliance.config.load import ConfigError, load
+from appliance.passwords import PasswordError
 
 
 def default_state_dir() -> Path:
@@ -41,6 +44,56 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_password(from_stdin: bool) -> str:
+    """The new password: typed twice without echo on a terminal, else one line of stdin.
+    Never an argument: argv is visible to every user in `ps`."""
+    if from_stdin or not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("New admin password: ")
+    if getpass.getpass("Again: ") != first:
+        raise PasswordError("the two passwords differ")
+    return first
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    from appliance.credentials import CredentialStore
+
+    try:
+        password = _read_password(args.stdin)
+        CredentialStore(args.state_dir or default_state_dir()).set_password(password)
+    except PasswordError as exc:
+        print(f"appliance passwd: {exc}", file=sys.stderr)
+        return 2
+    print("admin password set; a running daemon uses it at once (its sessions end)",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from appliance.credentials import CredentialError, CredentialStore
+
+    store = CredentialStore(args.state_dir or default_state_dir())
+    if args.action == "create":
+        try:
+            info, token = store.create_token(args.name)
+        except CredentialError as exc:
+            print(f"appliance token: {exc}", file=sys.stderr)
+            return 2
+        print(f"token {info.id} ({info.name}); it is shown this once:", file=sys.stderr)
+        print(token)
+        return 0
+    if args.action == "list":
+        for t in store.tokens():
+            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(t.created))
+            print(f"{t.id}  {created}  {t.name}")
+        return 0
+    if not store.revoke_token(args.id):
+        print(f"appliance token: no token {args.id}", file=sys.stderr)
+        return 1
+    print(f"token {args.id} revoked", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appliance", description="Edge streaming appliance")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--board", choices=list(PROFILES),
                        help="validate for this board (default: this one, or $APPLIANCE_BOARD)")
     check.set_defaults(func=cmd_check_config)
+
+    passwd = sub.add_parser("passwd", help="set the admin password of the web page and API")
+    passwd.add_argument("--stdin", action="store_true",
+                        help="read it from the first line of stdin (also when not a tty)")
+    passwd.add_argument("--state-dir", type=Path, help="where state is kept")
+    passwd.set_defaults(func=cmd_passwd)
+
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument("--state-dir", type=Path, help="where state is kept")
+    token = sub.add_parser("token", help="API bearer tokens for scripts")
+    actions = token.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", parents=[state],
+                                help="make a token and print it (once)")
+    create.add_argument("name", help="what it is for, e.g. backup-script")
+    actions.add_parser("list", parents=[state], help="list tokens (never the tokens)")
+    revoke = actions.add_parser("revoke", parents=[state], help="revoke a token by its id")
+    revoke.add_argument("id")
+    token.set_defaults(func=cmd_token)
     return parser
 
 

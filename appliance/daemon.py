@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import tomllib
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from aiohttp import web
 from appliance.capture.pipeline import CapturePipeline
 from appliance.config.load import DEVICE_CONFIG, ConfigError, dump, load, save_atomic
 from appliance.config.schema import Config, Web
+from appliance.credentials import CredentialStore
 from appliance.media.bus import MediaBus
 from appliance.media.clock import MediaClock
 from appliance.media.packet import TrackInfo
@@ -26,7 +28,11 @@ from appliance.package.store import SegmentStore
 from appliance.record.recorder import Recorder
 from appliance.status import StatusHub
 from appliance.uplink.manager import UplinkManager
+from appliance.web import logs
 from appliance.web.app import make_app
+from appliance.web.logs import LogRing, RedactSecrets
+from appliance.web.masking import secret_values
+from appliance.web.whep import setup_whep
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,12 @@ def safe_mode_config(path: Path) -> Config:
     return cfg.model_copy(update={"web": web})
 
 
+# Config sections applied while running; any other change waits for a restart: of the
+# media (restart_media) or, for these, of the daemon.
+HOT_SECTIONS = frozenset({"uplink", "playback"})
+DAEMON_SECTIONS = frozenset({"web", "fleet"})
+
+
 class Daemon:
     def __init__(self, config_path: Path | None, state_dir: Path):
         self.config_path = config_path
@@ -85,6 +97,12 @@ class Daemon:
         self.uplinks: UplinkManager | None = None
         self.recorder: Recorder | None = None
         self.cfg = Config()
+        self.creds = CredentialStore(state_dir)
+        self.log_ring = LogRing()
+        self._redact = RedactSecrets()
+        # The config whose settings are in effect: `cfg` less what waits for a restart.
+        self._effective = self.cfg
+        self._media_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
 
@@ -99,16 +117,27 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        logs.install(self.log_ring, self._redact)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.hub.update("daemon", safe_mode=False, state_dir=str(self.state_dir))
         cfg, media_ok = resolve_config(self.config_path, self.hub)
-        self.cfg = cfg
+        self.cfg = self._effective = cfg
+        self._redact.set_secrets(secret_values(cfg))
+        if self.creds.setup_required():
+            log.warning("no admin password yet: open the web page's /setup, or run "
+                        "`appliance passwd`")
 
-        runner = web.AppRunner(make_app(self.hub, self.store), access_log=None)
+        app = make_app(self, self.store, self.creds)
+        setup_whep(app, self.bus, self.hub, cfg, on_fatal=self.fatal)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await runner.setup()
-        site = web.TCPSite(runner, cfg.web.host, cfg.web.port)
+        host, ssl_context = cfg.web.host, self._tls_context(cfg)
+        if cfg.web.tls and ssl_context is None:
+            host = "127.0.0.1"  # never the admin password in clear text over the LAN
+        site = web.TCPSite(runner, host, cfg.web.port, ssl_context=ssl_context)
         await site.start()
-        log.info("serving on http://%s:%d/", cfg.web.host, cfg.web.port)
+        log.info("serving on %s://%s:%d/", "https" if ssl_context else "http", host,
+                 cfg.web.port)
 
         if media_ok:
             self._start_media(cfg)
@@ -118,19 +147,39 @@ class Daemon:
             await self._stopping.wait()
         finally:
             log.info("stopping")
-            if self.uplinks:
-                await asyncio.to_thread(self.uplinks.stop)
-            if self.recorder:
-                await asyncio.to_thread(self.recorder.stop)
-            if self.pipeline:
-                await asyncio.to_thread(self.pipeline.stop)
-            for p in self.packagers:
-                await asyncio.to_thread(p.stop)
+            await self._stop_media()
             await runner.cleanup()
+            logs.uninstall(self.log_ring, self._redact)
         if self._fatal is not None:
             log.error("exiting after an unexpected error: %r", self._fatal)
             return 1
         return 0
+
+    def _tls_context(self, cfg: Config) -> ssl.SSLContext | None:
+        if not cfg.web.tls:
+            return None
+        assert cfg.web.tls_cert is not None and cfg.web.tls_key is not None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(cfg.web.tls_cert, cfg.web.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            error = f"{cfg.web.tls_cert}, {cfg.web.tls_key}: {exc}"
+            log.error("web: cannot use the TLS certificate and key (%s): serving plain "
+                      "HTTP on 127.0.0.1 only until they are fixed", error)
+            self.hub.update("daemon", tls_error=error)
+            return None
+        return context
+
+    # -- what the web API uses (appliance.web.backend.Backend) -----------------------------
+
+    def config_file(self) -> Path:
+        return self.config_path or DEVICE_CONFIG
+
+    def recordings_dir(self) -> Path:
+        return Path(self.cfg.recording.directory or self.state_dir / "recordings")
+
+    def active_recording(self) -> str | None:
+        return self.recorder.active if self.recorder else None
 
     async def reload(self) -> None:
         """SIGHUP: read the config file again and apply it (see apply_config)."""
@@ -149,22 +198,71 @@ class Daemon:
         """Apply a valid config while running; returns the sections that need a restart.
 
         Uplink destinations are applied one by one (an unchanged one keeps its
-        connection). Leaving safe mode starts media. Other changes wait for a restart.
+        connection) and playback rules at once. Leaving safe mode starts media. Other
+        changes wait for restart_media, or for web and fleet a restart of the daemon.
         """
-        old, self.cfg = self.cfg, cfg
-        if self.pipeline is None:  # safe mode: the config is good now
-            self.hub.update("daemon", safe_mode=False, config_errors=[])
-            log.info("config fixed: starting media")
-            self._start_media(cfg)
-            return []
-        assert self.uplinks is not None
-        await asyncio.to_thread(self.uplinks.apply, cfg.uplink)
-        pending = [name for name in type(cfg).model_fields
-                   if name != "uplink" and getattr(cfg, name) != getattr(old, name)]
+        async with self._media_lock:
+            self.cfg = cfg
+            self._redact.set_secrets(secret_values(cfg))
+            if self.pipeline is None:  # safe mode: the config is good now
+                self.hub.update("daemon", safe_mode=False, config_errors=[])
+                log.info("config fixed: starting media")
+                self._effective = self._effective.model_copy(
+                    update=self._sections(cfg, exclude=DAEMON_SECTIONS))
+                self._start_media(cfg)
+                return self._publish_pending()
+            assert self.uplinks is not None
+            await asyncio.to_thread(self.uplinks.apply, cfg.uplink)
+            self._effective = self._effective.model_copy(
+                update=self._sections(cfg, only=HOT_SECTIONS))
+            return self._publish_pending()
+
+    async def restart_media(self) -> bool:
+        """Stop and start capture, encoders, packagers, recording and uplinks with the
+        current config (so changes to those sections take effect); False in safe mode."""
+        async with self._media_lock:
+            if self.pipeline is None:
+                return False
+            log.info("restarting media")
+            await self._stop_media()
+            for section in self.hub.snapshot()["sections"]:
+                if section.startswith(("encode.", "package.", "media.")):
+                    self.hub.remove(section)
+            self.store.tracks.clear()
+            # The same bus: consumers that outlive the media (the WHEP preview) keep their
+            # subscriptions; only the track list starts again.
+            self.bus.clear_tracks()
+            self._effective = self._effective.model_copy(
+                update=self._sections(self.cfg, exclude=DAEMON_SECTIONS))
+            self._start_media(self.cfg)
+            self._publish_pending()
+            return True
+
+    @staticmethod
+    def _sections(cfg: Config, only: frozenset[str] | None = None,
+                  exclude: frozenset[str] = frozenset()) -> dict[str, object]:
+        return {name: getattr(cfg, name) for name in type(cfg).model_fields
+                if (only is None or name in only) and name not in exclude}
+
+    def _publish_pending(self) -> list[str]:
+        pending = [name for name in type(self.cfg).model_fields
+                   if getattr(self.cfg, name) != getattr(self._effective, name)]
         for name in pending:
             log.warning("config: changes to [%s] apply at the next restart", name)
         self.hub.update("daemon", restart_needed=pending)
         return pending
+
+    async def _stop_media(self) -> None:
+        if self.uplinks:
+            await asyncio.to_thread(self.uplinks.stop)
+        if self.recorder:
+            await asyncio.to_thread(self.recorder.stop)
+        if self.pipeline:
+            await asyncio.to_thread(self.pipeline.stop)
+        for p in self.packagers:
+            await asyncio.to_thread(p.stop)
+        self.uplinks = self.recorder = self.pipeline = None
+        self.packagers = []
 
     def _start_media(self, cfg: Config) -> None:
         loop = asyncio.get_running_loop()

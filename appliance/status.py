@@ -8,7 +8,8 @@ frames, fps, dropped); `encode.<rung>` (a video rung's encoder: encoder "hardwar
 "x264", input "main" / "lores" / "..., scaled", width, height, bitrate_kbps, frames,
 repeated_frames, dropped_frames, lateness_ms_avg / lateness_ms_max over the last second:
 wall time as a packet leaves the encoder minus its capture time); `package.<track>`;
-`uplink.<name>`.
+`uplink.<name>`; `leds`, `button`, `modem`, `thermal` (appliance.device: `thermal.degraded`
+shows the device as degraded, `button.maintenance` as in maintenance during a factory reset).
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ class StatusHub:
 def derive_state(sections: dict[str, dict[str, Any]]) -> DeviceState:
     """The device state of SPEC's LED table, from the published sections."""
     daemon = sections.get("daemon", {})
-    if daemon.get("maintenance"):
-        return "maintenance"
+    if daemon.get("maintenance") or sections.get("button", {}).get("maintenance"):
+        return "maintenance"  # an update, or the factory reset the button started
     if daemon.get("safe_mode"):
         return "safe_mode"
     video = sections.get("media.video", {})
@@ -71,11 +72,13 @@ def derive_state(sections: dict[str, dict[str, Any]]) -> DeviceState:
     if video.get("state") != "live":
         return "starting"
     uplinks = [v for k, v in sections.items() if k.startswith("uplink.") and v.get("enabled")]
+    states = [u.get("state") for u in uplinks]
+    if uplinks and not any(s == "live" for s in states):
+        return "connecting"
+    if sections.get("thermal", {}).get("degraded"):
+        return "degraded"  # throttling, or the load stepped down against it
     if not uplinks:
         return "live_local"
-    states = [u.get("state") for u in uplinks]
     if all(s == "live" for s in states):
         return "live"
-    if any(s == "live" for s in states):
-        return "degraded"
-    return "connecting"
+    return "degraded"

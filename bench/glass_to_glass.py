@@ -4,7 +4,7 @@ Starts the real daemon (synthetic source: every frame stamped with its capture t
 then plays it in Debian's Chromium with these players, one after the other:
 
   as-shipped  hls.js with its default config on a minimal page (what third-party pages get)
-  own-page    the appliance's own page, /, LL-HLS with static/hls-settings.js
+  own-page    the appliance's own page, /?player=hls, LL-HLS with static/hls-settings.js
   dash        the appliance's own page with dash.js, /?player=dash: LL-DASH from
               /live/manifest.mpd with static/dash-settings.js and the MPD's target latency
 
@@ -35,12 +35,13 @@ sys.path.insert(0, str(ROOT))
 
 from playwright.sync_api import Browser, Route  # noqa: E402
 
+from tests.api_client import login_browser  # noqa: E402
 from tests.browser.chromium import check_dash_js, check_hls_js, launch_chromium  # noqa: E402
 from tests.browser.conftest import wait_for_media  # noqa: E402
 from tests.daemon_proc import DaemonProc, running_daemon  # noqa: E402
 
 TARGET_P50_S = {"as-shipped": 2.0, "own-page": 1.0, "dash": 1.5}
-PAGE_PATH = {"own-page": "/", "dash": "/?player=dash"}
+PAGE_PATH = {"own-page": "/?player=hls", "dash": "/?player=dash"}
 CHOICES = {"both": ["as-shipped", "own-page"], "all": list(TARGET_P50_S)}
 
 # hls.js as a third-party page uses it: the UMD build from a <script> tag, default config.
@@ -153,6 +154,7 @@ def measure(browser: Browser, d: DaemonProc, player: str, seconds: float, warmup
         page.route(d.url + AS_SHIPPED_PATH, serve)
         page.goto(d.url + AS_SHIPPED_PATH)
     else:
+        login_browser(page, d.url)  # the appliance's page needs a session
         page.goto(d.url + PAGE_PATH[player])
     page.wait_for_function("() => window.__g2g.started", timeout=30_000)
     # The warm-up lets the player settle at its steady latency (start-up catch-up) and is

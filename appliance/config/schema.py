@@ -141,6 +141,22 @@ class Packager(Section):
 
 class Web(Section):
     listen: str = Field("127.0.0.1:8080", title="Listen address (host:port)")
+    tls_cert: str | None = Field(
+        None, title="TLS certificate (PEM file)",
+        description="With tls_key: serve HTTPS instead of HTTP (the cookie is then Secure)",
+    )
+    tls_key: str | None = Field(None, title="TLS private key (PEM file)")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Web:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing = "tls_key" if self.tls_key is None else "tls_cert"
+            raise ValueError(f"web.{missing}: HTTPS needs both tls_cert and tls_key")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @field_validator("listen")
     @classmethod
@@ -157,6 +173,15 @@ class Web(Section):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+
+class Playback(Section):
+    require_token: bool = Field(
+        False, title="Signed playback URLs",
+        description="/live needs a signed, expiring URL (from /api/v1/playback-url) or a "
+        "login; off: anyone who reaches the device can watch",
+    )
+    token_ttl_s: int = Field(3600, title="Playback URL lifetime (s)", ge=60, le=7 * 86400)
 
 
 class Fleet(Section):
@@ -254,13 +279,112 @@ class Recording(Section):
     )
 
 
+class Preview(Section):
+    """The WebRTC preview (WHEP at /api/v1/whep): one rung's H.264 as encoded, audio in Opus."""
+
+    rung: str | None = Field(
+        None, title="Preview rung",
+        description="The ladder rung sent to WebRTC viewers as encoded, without re-encoding; "
+        "default: the lowest rung",
+    )
+    max_viewers: int = Field(
+        4, title="Most preview viewers", ge=1, le=16,
+        description="WebRTC viewers at once; one more is refused (503) until one leaves",
+    )
+
+
+class Leds(Section):
+    """The two status LEDs of SPEC's table (appliance.device.leds)."""
+
+    enabled: bool = Field(True, title="Status LEDs",
+                          description="Drive the green and red status LEDs on the pins below")
+    green_pin: int = Field(17, title="Green LED pin (BCM)", ge=0, le=27)
+    red_pin: int = Field(27, title="Red LED pin (BCM)", ge=0, le=27)
+
+    @model_validator(mode="after")
+    def _two_pins(self) -> Leds:
+        if self.green_pin == self.red_pin:
+            raise ValueError("leds.red_pin: must differ from leds.green_pin")
+        return self
+
+
+class Button(Section):
+    """The optional push button (to ground) of SPEC (appliance.device.button)."""
+
+    enabled: bool = Field(True, title="Button", description="Watch the button on the pin below")
+    pin: int = Field(22, title="Button pin (BCM)", ge=0, le=27,
+                     description="Wired to ground; the internal pull-up is used")
+    setup_hold_s: float = Field(
+        5.0, title="Hold for the setup access point (s)", ge=0.1, le=60,
+        description="Released after this long (and before the factory reset time): start "
+        "the Wi-Fi access point Appliance-XXXX for setting up. A short press stops it",
+    )
+    reset_hold_s: float = Field(
+        15.0, title="Hold for factory reset (s)", ge=0.2, le=120,
+        description="Released after this long: restore the default config and wipe "
+        "secrets and recordings",
+    )
+    hotspot_interface: str = Field("wlan0", title="Access point Wi-Fi interface",
+                                   pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+
+    @model_validator(mode="after")
+    def _order(self) -> Button:
+        if self.reset_hold_s <= self.setup_hold_s:
+            raise ValueError("button.reset_hold_s: must be longer than button.setup_hold_s")
+        return self
+
+
+class Modem(Section):
+    """A cellular modem's AT port, polled for signal and registration (appliance.device.modem)."""
+
+    enabled: bool = Field(False, title="Cellular modem monitor")
+    port: str = Field("/dev/ttyUSB2", title="AT command port",
+                      description="e.g. /dev/ttyUSB2 (Quectel), /dev/ttyACM0; a /dev/serial/by-id "
+                      "path survives re-enumeration")
+    baud: int = Field(115200, title="Baud rate", ge=1200, le=4_000_000)
+    poll_s: float = Field(10.0, title="Poll interval (s)", ge=0.1, le=3600)
+
+
+class Thermal(Section):
+    """SoC temperature and throttling; steps the video load down (appliance.device.thermal)."""
+
+    enabled: bool = Field(True, title="Thermal governor")
+    poll_s: float = Field(2.0, title="Poll interval (s)", ge=0.05, le=60)
+    hot_c: float = Field(
+        75.0, title="Step down above (°C)", ge=40, le=95,
+        description="Below the firmware's own frequency cap at 80 °C, so that the load "
+        "goes down in steps we choose before the clock does it for us",
+    )
+    cool_c: float = Field(65.0, title="Restore below (°C)", ge=30, le=90)
+    sustain_s: float = Field(
+        30.0, title="Sustained for (s)", ge=0, le=3600,
+        description="How long it must stay hot or throttled before each step down",
+    )
+    cool_s: float = Field(
+        120.0, title="Cool for (s)", ge=0, le=3600,
+        description="How long it must stay cool and unthrottled before each step back up",
+    )
+
+    @model_validator(mode="after")
+    def _band(self) -> Thermal:
+        if self.cool_c >= self.hot_c:
+            raise ValueError("thermal.cool_c: must be below thermal.hot_c")
+        return self
+
+
 class Config(Section):
     video: Video = Field(default_factory=Video)  # type: ignore[arg-type]
     audio: Audio = Field(default_factory=Audio)  # type: ignore[arg-type]
     packager: Packager = Field(default_factory=Packager)  # type: ignore[arg-type]
     web: Web = Field(default_factory=Web)  # type: ignore[arg-type]
+    playback: Playback = Field(default_factory=Playback)  # type: ignore[arg-type]
     fleet: Fleet | None = None
     recording: Recording = Field(default_factory=Recording)  # type: ignore[arg-type]
+    preview: Preview = Field(default_factory=Preview)  # type: ignore[arg-type]
+    leds: Leds = Field(default_factory=Leds)  # type: ignore[arg-type]
+    button: Button = Field(default_factory=Button)  # type: ignore[arg-type]
+    modem: Modem = Field(default_factory=Modem)  # type: ignore[arg-type]
+    thermal: Thermal = Field(default_factory=Thermal)  # type: ignore[arg-type]
     uplink: list[Uplink] = Field(default_factory=list)
 
     @model_validator(mode="before")
@@ -283,4 +407,19 @@ class Config(Section):
                 raise ValueError(f"uplink[{i}].rung: no rung named {u.rung!r} in video.ladder")
             for key, msg in u.problems():
                 raise ValueError(f"uplink[{i}].{key}: {msg}")
+        return self
+
+    @model_validator(mode="after")
+    def _preview_rung(self) -> Config:
+        rungs = [r.name for r in self.video.ladder]
+        if self.preview.rung is not None and self.preview.rung not in rungs:
+            raise ValueError(f"preview.rung: no rung named {self.preview.rung!r} in video.ladder "
+                             f"({', '.join(rungs)})")
+        return self
+
+    @model_validator(mode="after")
+    def _gpio_pins(self) -> Config:
+        if self.button.enabled and self.leds.enabled and self.button.pin in (
+                self.leds.green_pin, self.leds.red_pin):
+            raise ValueError(f"button.pin: GPIO {self.button.pin} is already an LED's pin")
         return self

@@ -74,6 +74,11 @@ class MediaBus:
         with self._lock:
             self.tracks[info.name] = info
 
+    def clear_tracks(self) -> None:
+        """Forget the tracks (the media restarts with a new set)."""
+        with self._lock:
+            self.tracks.clear()
+
     def subscribe(self, tracks: set[str] | None = None, maxlen: int = 300) -> Subscription:
         sub = Subscription(self, frozenset(tracks) if tracks is not None else None, maxlen)
         with self._lock:

@@ -194,11 +194,13 @@ def _attrs(**values: object) -> dict[str, str]:
 # -- the MPD ---------------------------------------------------------------------------------
 
 
-def render_mpd(store: SegmentStore, time_url: str, now_ns: int | None = None) -> str | None:
+def render_mpd(store: SegmentStore, time_url: str, now_ns: int | None = None,
+               uri_query: str = "") -> str | None:
     """The dynamic MPD, or None while there is no video segment yet.
 
     `time_url` is the absolute URL of the time endpoint (UTCTiming needs an absolute one);
-    `now_ns` the wall clock for publishTime (default: now).
+    `now_ns` the wall clock for publishTime (default: now); `uri_query` (e.g.
+    "?token=...", without "$") goes on the end of the segment templates.
     """
     videos = [t for t in store.video_tracks() if t.segments]
     audios = [t for t in store.audio_tracks() if t.segments][:1]
@@ -234,9 +236,9 @@ def render_mpd(store: SegmentStore, time_url: str, now_ns: int | None = None) ->
     mpd.append(_service_description(latency))
     period = ET.SubElement(mpd, "Period", _attrs(
         id=where.period_id, start=fmt_xs_duration(where.begin * segment_s)))
-    period.append(_video_set(videos, where, segment_s, part_target))
+    period.append(_video_set(videos, where, segment_s, part_target, uri_query))
     if audios:
-        period.append(_audio_set(audios[0], where, segment_s, part_target))
+        period.append(_audio_set(audios[0], where, segment_s, part_target, uri_query))
     ET.SubElement(mpd, "UTCTiming", _attrs(schemeIdUri=UTC_HTTP_ISO, value=time_url))
     ET.indent(mpd)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(mpd, "unicode") + "\n"
@@ -254,15 +256,15 @@ def _service_description(latency: Latency) -> ET.Element:
 
 
 def _template(track: TrackStore, where: Anchor, segment_s: float,
-              part_target: float) -> ET.Element:
+              part_target: float, q: str) -> ET.Element:
     timescale = track.info.time_base.denominator // max(1, track.info.time_base.numerator)
     return ET.Element("SegmentTemplate", _attrs(
         timescale=timescale,
         duration=round(segment_s * timescale),
         startNumber=where.offsets[track.info.name] + where.begin,
         presentationTimeOffset=round(where.begin * segment_s * timescale),
-        initialization=INIT_TEMPLATE,
-        media=MEDIA_TEMPLATE,
+        initialization=INIT_TEMPLATE + q,
+        media=MEDIA_TEMPLATE + q,
         # LL: a segment may be requested once its first part exists (one part after it
         # starts); it then arrives by chunked transfer as parts are written (ATC false).
         availabilityTimeOffset=f"{segment_s - part_target:.3f}".rstrip("0").rstrip("."),
@@ -271,7 +273,7 @@ def _template(track: TrackStore, where: Anchor, segment_s: float,
 
 
 def _video_set(videos: list[TrackStore], where: Anchor, segment_s: float,
-               part_target: float) -> ET.Element:
+               part_target: float, q: str) -> ET.Element:
     top = videos[0].info
     aset = ET.Element("AdaptationSet", _attrs(
         id=0, contentType="video", mimeType="video/mp4", segmentAlignment="true",
@@ -282,7 +284,7 @@ def _video_set(videos: list[TrackStore], where: Anchor, segment_s: float,
     # Rungs share one encode loop, hence one offset; a template per rung otherwise.
     shared = len({where.offsets[t.info.name] for t in videos}) == 1
     if shared:
-        aset.append(_template(videos[0], where, segment_s, part_target))
+        aset.append(_template(videos[0], where, segment_s, part_target, q))
     for track in videos:
         info = track.info
         rep = ET.SubElement(aset, "Representation", _attrs(
@@ -291,12 +293,12 @@ def _video_set(videos: list[TrackStore], where: Anchor, segment_s: float,
             frameRate=fmt_frame_rate(info.fps) if info.fps else None, sar="1:1",
         ))
         if not shared:
-            rep.append(_template(track, where, segment_s, part_target))
+            rep.append(_template(track, where, segment_s, part_target, q))
     return aset
 
 
 def _audio_set(audio: TrackStore, where: Anchor, segment_s: float,
-               part_target: float) -> ET.Element:
+               part_target: float, q: str) -> ET.Element:
     info = audio.info
     aset = ET.Element("AdaptationSet", _attrs(
         id=1, contentType="audio", mimeType="audio/mp4", segmentAlignment="true",
@@ -305,7 +307,7 @@ def _audio_set(audio: TrackStore, where: Anchor, segment_s: float,
     if info.channels:
         ET.SubElement(aset, "AudioChannelConfiguration",
                       _attrs(schemeIdUri=CHANNELS_SCHEME, value=info.channels))
-    aset.append(_template(audio, where, segment_s, part_target))
+    aset.append(_template(audio, where, segment_s, part_target, q))
     ET.SubElement(aset, "Representation", _attrs(
         id=info.name, bandwidth=hls.declared_peak(audio), codecs=info.codecs,
         audioSamplingRate=info.sample_rate or None,

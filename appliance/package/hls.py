@@ -279,17 +279,20 @@ def listed_segments(track: TrackStore, timing: Timing) -> list[Segment]:
 
 
 def render_media_playlist(store: SegmentStore, track: TrackStore, timing: Timing,
-                          skip: Literal["YES", "v2"] | None = None) -> str | None:
+                          skip: Literal["YES", "v2"] | None = None,
+                          uri_query: str = "") -> str | None:
     """The LL-HLS media playlist of `track`, or None before its first part.
 
-    `skip` asks for a Playlist Delta Update (§6.2.5.1) as `_HLS_skip` did.
+    `skip` asks for a Playlist Delta Update (§6.2.5.1) as `_HLS_skip` did; `uri_query`
+    (e.g. "?token=...") goes on the end of every URI listed.
     """
+    q = uri_query
     segments = listed_segments(track, timing)
     edge = edge_time(track)
     if not segments or edge is None:
         return None
     skipped = _skipped_count(segments, edge, timing) if skip else 0
-    lines = _media_header(segments[0].msn, timing)
+    lines = _media_header(segments[0].msn, timing, q)
     if skip:
         attrs = f"SKIPPED-SEGMENTS={skipped}"
         if skip == "v2":
@@ -297,16 +300,16 @@ def render_media_playlist(store: SegmentStore, track: TrackStore, timing: Timing
             attrs += ',RECENTLY-REMOVED-DATERANGES=""'
         lines.append(f"#EXT-X-SKIP:{attrs}")
     for seg in segments[skipped:]:
-        lines += _segment_lines(seg, with_parts=edge - seg.start <= timing.part_window + _EPS)
+        lines += _segment_lines(seg, edge - seg.start <= timing.part_window + _EPS, q)
     hint = next_part(track)
     if hint is not None:
         # §6.2.6 / hls.js: always hint the next part of a live playlist.
-        lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{part_uri(*hint)}"')
-    lines += _rendition_reports(store, track)
+        lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{part_uri(*hint)}{q}"')
+    lines += _rendition_reports(store, track, q)
     return "\n".join(lines) + "\n"
 
 
-def _media_header(media_sequence: int, timing: Timing) -> list[str]:
+def _media_header(media_sequence: int, timing: Timing, q: str) -> list[str]:
     control = (
         "CAN-BLOCK-RELOAD=YES"
         f",CAN-SKIP-UNTIL={fmt_duration(timing.skip_until)}"
@@ -319,7 +322,7 @@ def _media_header(media_sequence: int, timing: Timing) -> list[str]:
         f"#EXT-X-SERVER-CONTROL:{control}",
         f"#EXT-X-PART-INF:PART-TARGET={fmt_duration(timing.part_target)}",
         f"#EXT-X-MEDIA-SEQUENCE:{media_sequence}",
-        f'#EXT-X-MAP:URI="{INIT_URI}"',
+        f'#EXT-X-MAP:URI="{INIT_URI}{q}"',
     ]
 
 
@@ -338,22 +341,23 @@ def _skipped_count(segments: list[Segment], edge: float, timing: Timing) -> int:
     return count
 
 
-def _segment_lines(seg: Segment, with_parts: bool) -> list[str]:
+def _segment_lines(seg: Segment, with_parts: bool, q: str) -> list[str]:
     # §4.4.4.9: EXT-X-PROGRAM-DATE-TIME applied to a parent segment MUST precede its
     # first EXT-X-PART. Every segment gets one (Apple: PDT in live playlists).
     lines = [f"#EXT-X-PROGRAM-DATE-TIME:{fmt_pdt(seg.wall_ns)}"]
     if with_parts:
         for part in seg.parts:
-            attrs = f'DURATION={fmt_duration(part.duration)},URI="{part_uri(seg.msn, part.index)}"'
+            uri = part_uri(seg.msn, part.index) + q
+            attrs = f'DURATION={fmt_duration(part.duration)},URI="{uri}"'
             if part.independent:
                 attrs += ",INDEPENDENT=YES"
             lines.append(f"#EXT-X-PART:{attrs}")
     if seg.complete:
-        lines += [f"#EXTINF:{fmt_duration(seg.duration)},", segment_uri(seg.msn)]
+        lines += [f"#EXTINF:{fmt_duration(seg.duration)},", segment_uri(seg.msn) + q]
     return lines
 
 
-def _rendition_reports(store: SegmentStore, track: TrackStore) -> list[str]:
+def _rendition_reports(store: SegmentStore, track: TrackStore, q: str) -> list[str]:
     """One report per other media playlist of the multivariant (Appendix B.1 / Apple)."""
     lines = []
     for other in _multivariant_tracks(store):
@@ -361,7 +365,7 @@ def _rendition_reports(store: SegmentStore, track: TrackStore) -> list[str]:
         if other is track or pos is None:
             continue
         # URI relative to this playlist (§4.4.5.4); LAST-MSN/LAST-PART name the last part.
-        uri = f"../{other.info.name}/{MEDIA_PLAYLIST}"
+        uri = f"../{other.info.name}/{MEDIA_PLAYLIST}{q}"
         lines.append(f'#EXT-X-RENDITION-REPORT:URI="{uri}",LAST-MSN={pos[0]},LAST-PART={pos[1]}')
     return lines
 
@@ -374,8 +378,9 @@ def _multivariant_tracks(store: SegmentStore) -> list[TrackStore]:
     return videos + store.audio_tracks()[:1] if videos else []
 
 
-def render_multivariant(store: SegmentStore) -> str | None:
-    """The multivariant playlist, or None while there is no video track yet."""
+def render_multivariant(store: SegmentStore, uri_query: str = "") -> str | None:
+    """The multivariant playlist, or None while there is no video track yet; `uri_query`
+    goes on the end of every URI listed."""
     videos = store.video_tracks()
     if not videos:
         return None
@@ -383,13 +388,13 @@ def render_multivariant(store: SegmentStore) -> str | None:
     audio = audios[0] if audios else None
     lines = ["#EXTM3U", "#EXT-X-INDEPENDENT-SEGMENTS"]
     if audio is not None:
-        lines.append(_audio_media_tag(audio))
+        lines.append(_audio_media_tag(audio, uri_query))
     for video in videos:
-        lines += _stream_inf(video, audio)
+        lines += _stream_inf(video, audio, uri_query)
     return "\n".join(lines) + "\n"
 
 
-def _audio_media_tag(audio: TrackStore) -> str:
+def _audio_media_tag(audio: TrackStore, q: str) -> str:
     # NAME is REQUIRED (§4.4.6.1); DEFAULT=YES needs AUTOSELECT=YES.
     attrs = [
         "TYPE=AUDIO",
@@ -400,11 +405,11 @@ def _audio_media_tag(audio: TrackStore) -> str:
     ]
     if audio.info.channels:
         attrs.append(f'CHANNELS="{audio.info.channels}"')
-    attrs.append(f'URI="{audio.info.name}/{MEDIA_PLAYLIST}"')
+    attrs.append(f'URI="{audio.info.name}/{MEDIA_PLAYLIST}{q}"')
     return "#EXT-X-MEDIA:" + ",".join(attrs)
 
 
-def _stream_inf(video: TrackStore, audio: TrackStore | None) -> list[str]:
+def _stream_inf(video: TrackStore, audio: TrackStore | None, q: str) -> list[str]:
     tracks = [video] if audio is None else [video, audio]
     configured = sum(t.info.bitrate for t in tracks)
     peak = sum(declared_peak(t) for t in tracks)
@@ -421,7 +426,7 @@ def _stream_inf(video: TrackStore, audio: TrackStore | None) -> list[str]:
         attrs.append(f"FRAME-RATE={float(info.fps):.3f}")
     if audio is not None:
         attrs.append(f'AUDIO="{AUDIO_GROUP}"')
-    return ["#EXT-X-STREAM-INF:" + ",".join(attrs), f"{info.name}/{MEDIA_PLAYLIST}"]
+    return ["#EXT-X-STREAM-INF:" + ",".join(attrs), f"{info.name}/{MEDIA_PLAYLIST}{q}"]
 
 
 def declared_peak(track: TrackStore) -> int:

@@ -1,7 +1,12 @@
-"""The aiohttp application: one listener for the page, the API, /live and /healthz."""
+"""The aiohttp application: one listener for the page, the API, /live and /healthz.
+
+Each route gets an access class here (see appliance.web.auth): what is not said to be
+public or live needs a login.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -9,15 +14,22 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from appliance.credentials import CredentialStore
 from appliance.package.store import SegmentStore
-from appliance.status import StatusHub
+from appliance.web import auth, openapi
+from appliance.web.api import OPENAPI_KEY, SHUTDOWN_KEY, api_routes
+from appliance.web.auth import ACCESS_KEY, AUTH_KEY, Access, Auth, access_middleware
+from appliance.web.backend import BACKEND_KEY, CREDS_KEY, STORE_KEY, Backend
+from appliance.web.config_api import CONFIG_LOCK, MAX_TESTS, TEST_SLOTS
 from appliance.web.live import setup_live
+from appliance.web.routes import ApiError, error_response
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-HUB_KEY = web.AppKey("hub", StatusHub)
-STORE_KEY = web.AppKey("store", SegmentStore)
+MAX_BODY = 1 << 20  # a config is a few kB
+# Headers of an aiohttp error worth keeping when it is turned into JSON.
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
 def vendor_dir() -> Path:
@@ -31,22 +43,41 @@ def vendor_dir() -> Path:
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     # A bug in a handler is logged with its traceback; the client sees only a status.
+    # API errors are JSON, whoever raised them.
     try:
         return await handler(request)
-    except web.HTTPException:
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status >= 400 and request.path.startswith("/api/"):
+            kept = {k: exc.headers[k] for k in _KEPT_HEADERS if k in exc.headers}
+            return error_response(exc.status, exc.reason.lower(), headers=kept)
         raise
     except Exception:
         log.exception("error serving %s %s", request.method, request.path)
-        return web.json_response({"error": "internal error"}, status=500)
+        return web.json_response({"error": "internal error", "errors": []}, status=500)
+
+
+async def security_headers(request: web.BaseRequest, resp: web.StreamResponse) -> None:
+    # No framing (clickjacking of the settings page), no MIME sniffing, and no full URLs
+    # (a signed playback link) in Referer headers sent to other sites.
+    resp.headers.setdefault("X-Frame-Options", "DENY")
+    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+    resp.headers.setdefault("Referrer-Policy", "same-origin")
+
+
+def static_page(name: str) -> Handler:
+    """A page of static/ for logged-in users (the access class says who may see it)."""
+
+    async def handler(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC_DIR / name, headers={"Cache-Control": "no-store"})
+
+    return handler
 
 
 async def healthz(request: web.Request) -> web.Response:
-    hub = request.app[HUB_KEY]
+    hub = request.app[BACKEND_KEY].hub
     return web.json_response({"ok": True, "state": hub.state()})
-
-
-async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC_DIR / "index.html")
 
 
 # A file under the package's dist/, up to three folders deep (dash.js ships
@@ -64,13 +95,56 @@ async def vendor(request: web.Request) -> web.FileResponse:
     return web.FileResponse(path)
 
 
-def make_app(hub: StatusHub, store: SegmentStore) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware])
-    app[HUB_KEY] = hub
+def make_app(backend: Backend, store: SegmentStore, creds: CredentialStore) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware, access_middleware],
+                          client_max_size=MAX_BODY)
+    app[BACKEND_KEY] = backend
     app[STORE_KEY] = store
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/", index)
-    app.router.add_get(r"/static/vendor/{pkg:[a-z0-9.-]+}/{file:" + _VENDOR_FILE + "}", vendor)
-    app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+    app[CREDS_KEY] = creds
+    app[AUTH_KEY] = Auth(creds)
+    app[CONFIG_LOCK] = asyncio.Lock()
+    app[TEST_SLOTS] = asyncio.Semaphore(MAX_TESTS)
+    app[SHUTDOWN_KEY] = asyncio.Event()
+    access: dict[web.AbstractRoute, Access] = {}
+    app[ACCESS_KEY] = access
+
+    def mark(resource: web.AbstractResource, how: Access) -> None:
+        for route in resource:
+            access[route] = how
+
+    def page(path: str, handler: Handler, how: Access) -> None:
+        resource = app.router.add_resource(path)
+        resource.add_route("GET", handler)
+        resource.add_route("HEAD", handler)
+        mark(resource, how)
+
+    page("/healthz", healthz, "public")
+    page("/", auth.index_page, "user")
+    page("/settings", static_page("settings.html"), "user")
+    page("/logs", static_page("logs.html"), "user")
+    page("/login", auth.login_page, "public")
+    page("/setup", auth.setup_page, "public")
+    page(r"/static/vendor/{pkg:[a-z0-9.-]+}/{file:" + _VENDOR_FILE + "}", vendor, "public")
+    mark(app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False), "public")
+
+    routes = api_routes()
+    resources: dict[str, web.Resource] = {}
+    for r in routes:
+        resource = resources.get(r.aiohttp_path)
+        if resource is None:
+            resource = resources[r.aiohttp_path] = app.router.add_resource(r.aiohttp_path)
+        route = resource.add_route(r.method, r.handler)
+        access[route] = "public" if r.public else "user"
+    app[OPENAPI_KEY] = openapi.build(routes)
+
     setup_live(app, store)
+    for live in app.router.resources():
+        if (live.name or "").startswith("live-"):
+            mark(live, "live")
+
+    async def on_shutdown(app: web.Application) -> None:
+        app[SHUTDOWN_KEY].set()  # ends the event streams, so shutdown need not wait on them
+
+    app.on_shutdown.append(on_shutdown)
+    app.on_response_prepare.append(security_headers)
     return app

@@ -16,6 +16,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.web_response import ContentCoding
@@ -44,6 +45,9 @@ _PREFLIGHT = {
     "Access-Control-Max-Age": "600",
 }
 _HEADER_LIST = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~, -]{0,512}")
+# A verified playback token (appliance.web.auth sets it when /live needs one): every URI
+# of the playlists and the MPD carries it on, so the player's next requests pass too.
+PLAYBACK_TOKEN = web.RequestKey("playback_token", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -120,7 +124,7 @@ class LiveRoutes:
 
     async def multivariant(self, request: web.Request) -> web.StreamResponse:
         await self._wait_for_expected_tracks()
-        text = hls.render_multivariant(self.store)
+        text = hls.render_multivariant(self.store, _uri_query(request))
         if text is None:
             raise _Reply(503, "live stream not started", retry_after=1)
         return _playlist(request, text, "no-cache")
@@ -138,7 +142,8 @@ class LiveRoutes:
             raise _Reply(503, "track not started", retry_after=1)
         if directives.msn is not None:
             await self._block(track, timing, directives.msn, directives.part)
-        text = hls.render_media_playlist(self.store, track, self.timing(), directives.skip)
+        text = hls.render_media_playlist(self.store, track, self.timing(), directives.skip,
+                                         _uri_query(request))
         if text is None:
             raise _Reply(503, "track not started", retry_after=1)
         # A blocking response names one playlist version: a cache may keep it a little.
@@ -195,8 +200,9 @@ class LiveRoutes:
             await track.wait_until(_has_segment(track), max(0.0, left))
         # UTCTiming wants an absolute URL: this request's scheme and host name the appliance
         # as the player reaches it.
-        time_url = str(request.url.join(request.app.router["live-time"].url_for()))
-        text = dash.render_mpd(self.store, time_url)
+        query = _uri_query(request)
+        time_url = str(request.url.join(request.app.router["live-time"].url_for())) + query
+        text = dash.render_mpd(self.store, time_url, uri_query=query)
         if text is None:
             raise _Reply(503, "live stream not started", retry_after=1)
         return _playlist(request, text, "no-cache", MPD_TYPE)
@@ -227,6 +233,11 @@ class LiveRoutes:
         if wanted and _HEADER_LIST.fullmatch(wanted):
             headers["Access-Control-Allow-Headers"] = wanted
         return web.Response(status=204, headers=headers)
+
+
+def _uri_query(request: web.Request) -> str:
+    token = request.get(PLAYBACK_TOKEN)
+    return f"?token={quote(token, safe='')}" if token else ""
 
 
 def _playlist(request: web.Request, text: str, cache: str,

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, CDPSession, Page
 
+from tests.api_client import login_browser
 from tests.browser.conftest import wait_for_media
 from tests.daemon_proc import DaemonProc, running_daemon
 from tests.test_ladder_media import CONFIG, LADDER, wait_segments
@@ -152,7 +153,8 @@ def test_hls_js_switches_down_when_throttled_and_keeps_playing(
     cdp.send("Network.enable")
     diag: list[dict[str, Any]] = []
     try:
-        page.goto(ladder_daemon.url + "/")
+        login_browser(page, ladder_daemon.url)
+        page.goto(ladder_daemon.url + "/?player=hls")
         page.wait_for_function("() => window.player && window.player.stats.started",
                                timeout=20_000)
         page.evaluate(HOOK_JS)

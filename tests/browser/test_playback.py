@@ -1,5 +1,5 @@
 """Debian's Chromium plays the appliance's own page for 30 s from the real daemon, once with
-hls.js (LL-HLS, `/`) and once with dash.js (LL-DASH, `/?player=dash`), both from npm:
+hls.js (LL-HLS, `/?player=hls`) and once with dash.js (LL-DASH, `/?player=dash`), both from npm:
 playback advances steadily, nothing stalls, the player reports a live latency, and the
 latency read from the picture's stamp is plausible and agrees with it."""
 
@@ -10,10 +10,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage
 
+from tests.api_client import login_browser
 from tests.browser.chromium import MissingTool, check_dash_js
 from tests.daemon_proc import DaemonProc
 
@@ -80,6 +82,7 @@ def play(browser: Browser, url: str, shot: Path, log: str) -> Played:
             console_errors.append(msg.text)
 
     page.on("console", on_console)
+    login_browser(page, "{0.scheme}://{0.netloc}".format(urlsplit(url)))
     page.goto(url)
     # Started: the first 'playing' event, within the time a player needs to fetch the
     # manifests, the init segments and a few parts.
@@ -135,7 +138,7 @@ def assert_stamp(played: Played, player_latency_s: float) -> None:
 def test_hls_js_plays_ll_hls_without_stalls(
     browser: Browser, live_daemon: DaemonProc, artifacts: Path
 ) -> None:
-    played = play(browser, live_daemon.url + "/", artifacts / "hls_playback.png",
+    played = play(browser, live_daemon.url + "/?player=hls", artifacts / "hls_playback.png",
                   live_daemon.log())
     assert played.end["kind"] == "hls", played.diag
     assert_steady(played, max_rate=1.6)  # the page's catch-up plays at up to 1.2x

@@ -1,16 +1,22 @@
-// The appliance's live view: plays the live stream with hls.js (LL-HLS, the default) or
-// dash.js (LL-DASH, /?player=dash), each with the appliance's own low-latency settings,
-// and shows the latency the player reports, the latency read from the picture's stamp,
-// and stalls. State is on window.player for tests and benchmarks.
+// The appliance's live preview on the dashboard: WebRTC over WHEP first (a fraction of a
+// second behind the camera), LL-HLS with hls.js when WHEP cannot play here; or one player
+// chosen with ?player=hls (hls.js), ?player=dash (dash.js, LL-DASH) or ?player=whep (no
+// fallback). Each player module brings its own low-latency settings. The page shows the
+// latency the player reports, the latency read from the picture's stamp, and stalls.
+// State is on window.player for tests and benchmarks.
 
 import { readStamp } from './stamp.js';
 
 const RETRY_MS = 2000;
 const MAX_SAMPLES = 20000; // about 11 min at 30 fps: bounded, for long-open pages
 const PLAYERS = {
+  whep: { label: 'WebRTC (WHEP)', module: './whep-player.js' },
   hls: { label: 'hls.js', module: './hls-player.js' },
   dash: { label: 'dash.js', module: './dash-player.js' },
 };
+const FALLBACK = 'hls'; // when WHEP cannot play
+// ?player=...: what the page was asked for; 'auto' (no parameter) is WHEP, else LL-HLS.
+const CHOICES = new Set(['auto', 'whep', 'hls', 'dash']);
 
 const video = document.getElementById('video');
 const $ = (id) => document.getElementById(id);
@@ -28,16 +34,23 @@ const stats = {
   errors: [], // last few player errors, for the page and tests
 };
 
-// kind: 'hls' | 'dash'; hls / dash: the library's player object while one runs;
-// latency(): the player's own latency figure in seconds, or null.
+const asked = new URLSearchParams(location.search).get('player') || 'auto';
+const requested = CHOICES.has(asked) ? asked : 'auto';
+
+// requested: 'auto' | 'whep' | 'hls' | 'dash'; kind: the player playing now, 'whep' |
+// 'hls' | 'dash'; hls / dash: the library's player object while one runs; pc, whep: the
+// WebRTC peer connection and WHEP session (whep-player.js); fallbackReason: why WHEP gave
+// way to LL-HLS; latency(): the player's own latency figure in seconds, or null.
 const player = {
-  kind: new URLSearchParams(location.search).get('player') === 'dash' ? 'dash' : 'hls',
-  hls: null, dash: null, stats, video, native: false, latency: () => null,
+  requested,
+  kind: requested === 'auto' ? 'whep' : requested,
+  hls: null, dash: null, pc: null, whep: null, fallbackReason: null,
+  stats, video, native: false, latency: () => null,
 };
 window.player = player;
 
 function setState(text, cls = '') {
-  const el = $('state');
+  const el = $('preview-state');
   el.textContent = text;
   el.className = cls;
 }
@@ -112,35 +125,53 @@ function fmtSeconds(s) {
 
 function render() {
   stats.playerLatency = player.latency();
-  $('hls-latency').textContent = player.native ? 'n/a (native HLS)' : fmtSeconds(stats.playerLatency);
+  $('hls-latency').textContent = player.native ? 'n/a (native HLS)'
+    : stats.started ? fmtSeconds(stats.playerLatency) : '–';
   if ('requestVideoFrameCallback' in HTMLVideoElement.prototype) {
     $('stamp-latency').textContent =
       stats.stampLatencyMs === null ? 'no stamp' : fmtSeconds(stats.stampLatencyMs / 1000);
   }
   $('stalls').textContent = String(stats.stalls);
-  $('buffer').textContent = video.buffered.length ? fmtSeconds(bufferAhead()) : '–';
+  $('buffer').textContent = video.buffered.length && !video.srcObject
+    ? fmtSeconds(bufferAhead()) : '–';
   $('rate').textContent = `${video.playbackRate.toFixed(2)}×`;
   $('size').textContent = video.videoWidth ? `${video.videoWidth}×${video.videoHeight}` : '–';
 }
 setInterval(render, 500);
 
 function showPlayerChoice() {
-  $('player-kind').textContent = PLAYERS[player.kind].label;
+  const label = PLAYERS[player.kind].label;
+  $('player-kind').textContent = player.fallbackReason ? `${label} (fallback)` : label;
+  $('player-kind').title = player.fallbackReason ? `WebRTC: ${player.fallbackReason}` : '';
   for (const link of document.querySelectorAll('#players a')) {
-    if (link.dataset.player === player.kind) link.setAttribute('aria-current', 'page');
+    if (link.dataset.player === requested) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
   }
 }
 
-async function start() {
+// WHEP could not play (whep-player.js says why): LL-HLS instead, unless WHEP was asked for.
+function fallback(reason) {
+  if (requested === 'whep') {
+    setState(`WebRTC preview unavailable: ${reason}`, 'bad');
+    return;
+  }
+  player.fallbackReason = reason;
+  start(FALLBACK).catch(failed);
+}
+
+async function start(kind) {
+  player.kind = kind;
   showPlayerChoice();
   setState('connecting…');
   // Only the chosen player's library is loaded.
-  const { startPlayer } = await import(PLAYERS[player.kind].module);
-  startPlayer(player, hooks, { bufferAhead });
+  const { startPlayer } = await import(PLAYERS[kind].module);
+  startPlayer(player, hooks, { bufferAhead, fallback });
 }
 
-start().catch((err) => {
+function failed(err) {
   // The library did not load (npm packages missing, an old browser without modules).
   hooks.error(String(err));
   setState(`cannot start ${PLAYERS[player.kind].label}`, 'bad');
-});
+}
+
+start(player.kind).catch(failed);
