@@ -15,10 +15,10 @@ from typing import Any
 from aiohttp import web
 
 from appliance.config.schema import Config, Uplink
+from appliance.device.leds import leds_for
 from appliance.web import auth, config_api, playback, recordings_api, tokens_api
 from appliance.web.auth import AUTH_KEY
 from appliance.web.backend import BACKEND_KEY
-from appliance.device.leds import leds_for
 from appliance.web.models import (
     ApplyReply,
     LoginBody,
