@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import logging
 import os
 import sys
 import time
@@ -94,6 +93,12 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from appliance.doctor import main as doctor
+
+    return doctor(args.config, args.state_dir or default_state_dir(), args.modem)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appliance", description="Edge streaming appliance")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,14 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = actions.add_parser("revoke", parents=[state], help="revoke a token by its id")
     revoke.add_argument("id")
     token.set_defaults(func=cmd_token)
+
+    doctor = sub.add_parser(
+        "doctor", help="check camera, encoder, GPIO, modem, libraries, disk and clock",
+        description="One line per check (OK, WARN, FAIL, INFO); exit 1 if any check fails.")
+    doctor.add_argument("--config", type=Path,
+                        help="the config to check against (default /etc/appliance/...)")
+    doctor.add_argument("--state-dir", type=Path, help="where state is kept")
+    doctor.add_argument("--modem", metavar="PORT",
+                        help="also ask this serial port for AT (default: the configured modem)")
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=os.environ.get("APPLIANCE_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from appliance.notify import configure_logging
+
+    # Structured entries to journald when stderr is the journal (under systemd), else text.
+    configure_logging(os.environ.get("APPLIANCE_LOG_LEVEL", "INFO"))
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

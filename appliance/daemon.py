@@ -3,6 +3,8 @@
 Expected faults (camera missing) are retried inside components and shown as
 state. An unexpected exception anywhere ends the process with status 1 so that
 systemd restarts it. An invalid config starts safe mode: web up, media off.
+Under systemd (Type=notify) the daemon reports readiness, its state and, while media
+makes progress, watchdog pings (appliance.notify).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from appliance.capture.pipeline import CapturePipeline
 from appliance.config.load import DEVICE_CONFIG, ConfigError, dump, load, save_atomic
 from appliance.config.schema import Config, Web
 from appliance.credentials import CredentialStore
+from appliance.device.components import DeviceComponents
 from appliance.media.bus import MediaBus
 from appliance.media.clock import MediaClock
 from appliance.media.packet import TrackInfo
+from appliance.notify import Notifier
 from appliance.package.packager import TrackPackager
 from appliance.package.store import SegmentStore
 from appliance.record.recorder import Recorder
@@ -82,7 +86,10 @@ def safe_mode_config(path: Path) -> Config:
 # Config sections applied while running; any other change waits for a restart: of the
 # media (restart_media) or, for these, of the daemon.
 HOT_SECTIONS = frozenset({"uplink", "playback"})
-DAEMON_SECTIONS = frozenset({"web", "fleet"})
+# Exit status asking systemd for a restart (EX_TEMPFAIL): not a crash, but Restart=on-failure
+# only restarts on a non-zero status.
+RESTART_STATUS = 75
+DAEMON_SECTIONS = frozenset({"web", "fleet", "leds", "button", "modem", "thermal"})
 
 
 class Daemon:
@@ -96,6 +103,8 @@ class Daemon:
         self.pipeline: CapturePipeline | None = None
         self.uplinks: UplinkManager | None = None
         self.recorder: Recorder | None = None
+        self.device: DeviceComponents | None = None
+        self._restart_requested = False
         self.cfg = Config()
         self.creds = CredentialStore(state_dir)
         self.log_ring = LogRing()
@@ -105,6 +114,7 @@ class Daemon:
         self._media_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
+        self.notifier = Notifier(self.hub)
 
     def fatal(self, exc: BaseException) -> None:
         """Called on the loop when a component hit an unexpected error."""
@@ -139,21 +149,61 @@ class Daemon:
         log.info("serving on %s://%s:%d/", "https" if ssl_context else "http", host,
                  cfg.web.port)
 
+        # Before media: the LEDs must show safe mode and a missing camera too.
+        def fatal_threadsafe(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(self.fatal, exc)
+
+        def after_factory_reset() -> None:
+            loop.call_soon_threadsafe(self.request_restart, "factory reset")
+
+        self.device = DeviceComponents(
+            cfg, self.hub, config_path=self.config_file(), state_dir=self.state_dir,
+            recordings_dir=self.recordings_dir(), on_fatal=fatal_threadsafe,
+            on_factory_reset=after_factory_reset)
+        self.device.thermal.on_level(self._on_load_level)
+        self.device.start()
         if media_ok:
             self._start_media(cfg)
         else:
             log.error("safe mode: media is off until the config is fixed")
+        notifier = asyncio.create_task(self.notifier.run(), name="sd-notify")
+        notifier.add_done_callback(self._task_done)
         try:
             await self._stopping.wait()
         finally:
             log.info("stopping")
+            self.notifier.stopping()
+            notifier.cancel()
             await self._stop_media()
+            if self.device is not None:
+                await asyncio.to_thread(self.device.stop)
             await runner.cleanup()
             logs.uninstall(self.log_ring, self._redact)
+        if self._restart_requested:
+            return RESTART_STATUS
         if self._fatal is not None:
             log.error("exiting after an unexpected error: %r", self._fatal)
             return 1
         return 0
+
+    def request_restart(self, reason: str) -> None:
+        """End with a non-zero status, so that systemd (Restart=on-failure) starts us
+        again: after a factory reset, into the default config."""
+        log.warning("restarting the daemon: %s", reason)
+        self._restart_requested = True
+        self._stopping.set()
+
+    def _on_load_level(self, level: int) -> None:
+        """The thermal governor's step (on its thread): fewer frames on some rungs."""
+        pipeline = self.pipeline
+        if pipeline is not None:
+            pipeline.set_load_level(level)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A component task that ends with an error ends the daemon."""
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("task %s failed: %r", task.get_name(), exc)
+            self.fatal(exc)
 
     def _tls_context(self, cfg: Config) -> ssl.SSLContext | None:
         if not cfg.web.tls:
@@ -183,6 +233,13 @@ class Daemon:
 
     async def reload(self) -> None:
         """SIGHUP: read the config file again and apply it (see apply_config)."""
+        self.notifier.reloading()
+        try:
+            await self._reload()
+        finally:
+            self.notifier.reloaded()
+
+    async def _reload(self) -> None:
         path = self.config_path or DEVICE_CONFIG
         try:
             cfg = load(path)
@@ -253,6 +310,7 @@ class Daemon:
         return pending
 
     async def _stop_media(self) -> None:
+        self.notifier.media_stopped()  # media off on purpose: not a stall
         if self.uplinks:
             await asyncio.to_thread(self.uplinks.stop)
         if self.recorder:
@@ -300,6 +358,9 @@ class Daemon:
         self.uplinks.apply(cfg.uplink)
         self.pipeline = CapturePipeline(cfg, clock, self.bus, self.hub, on_track,
                                         fatal_threadsafe)
+        self.notifier.media_started(("video", "audio") if cfg.audio.enabled else ("video",))
+        if self.device is not None:
+            self.pipeline.load_level = self.device.thermal.level
         self.pipeline.start()
 
 

@@ -116,6 +116,18 @@ if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; 
 fi
 command -v node >/dev/null 2>&1 || MISSING+=(nodejs)
 command -v npm >/dev/null 2>&1 || MISSING+=(npm)
+# systemd-python (sd_notify, journald) is built by pip against libsystemd: its headers,
+# pkg-config to find them, a C compiler, and Python's own headers for the venv's python.
+for pkg in libsystemd-dev pkg-config gcc; do
+    is_installed "$pkg" || MISSING+=("$pkg")
+done
+if ! "$PY" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    case $(readlink -f "$(command -v "$PY")") in
+        /usr/bin/python3*) MISSING+=(python3-dev) ;;
+        *) die "$PY has no C headers (Python.h), which pip needs to build systemd-python: install them, or run with PYTHON=/usr/bin/python3" ;;
+    esac
+fi
 # libsrt, which the SRT uplinks load in-process (ctypes); either flavour will do.
 if ! is_installed libsrt1.5-gnutls && ! is_installed libsrt1.5-openssl; then
     MISSING+=(libsrt1.5-gnutls)
@@ -137,6 +149,10 @@ if ((WITH_TEST)); then
     for pkg in nginx libnginx-mod-rtmp libnginx-mod-stream srt-tools openssl iproute2; do
         is_installed "$pkg" || MISSING+=("$pkg")
     done
+    # systemd-analyze, systemd-sysusers and systemd-tmpfiles check the files in systemd/
+    # (no running systemd needed); unshare mounts the doctor test's tmpfs in a namespace.
+    command -v systemd-analyze >/dev/null 2>&1 || MISSING+=(systemd)
+    command -v unshare >/dev/null 2>&1 || MISSING+=(util-linux)
 fi
 
 # --- install it ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ even when the source skips frames.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from fractions import Fraction
 from typing import Any
@@ -92,7 +93,15 @@ class VideoEncoder:
         self.clock = clock
         self.hardware = hardware
         self._last_segment = -1
-        self._last_slot = -1
+        self._last_slot = -1  # the last slot encoded
+        self._last_seen = -1  # the last slot a frame came for, encoded or not
+        self._gop_slots = max(1, round(segment_s * fps))
+        # (n, period): encode every nth slot, the pattern restarting every `period` slots
+        # from each segment's start. set_decimation (any thread) replaces the requested
+        # tuple; the capture thread adopts it at the next segment start.
+        self._decimation = self._requested = (1, self._gop_slots)
+        self._slot_pattern = self._decimation  # the decimation _last_slot was encoded under
+        self._durations: dict[int, int] = {}  # pts -> duration, until the packet is out
         self._last_frame: av.VideoFrame | None = None
         self.frames = 0  # pictures encoded, repeats included
         self.repeated = 0  # frames repeated to fill slots the source skipped
@@ -135,7 +144,42 @@ class VideoEncoder:
         ctx.open()
         return ctx
 
+    @property
+    def decimation(self) -> int:
+        """The decimation in effect (set_decimation's takes effect at a segment start)."""
+        return self._decimation[0]
+
+    def set_decimation(self, n: int, part_s: float | None = None) -> None:
+        """Encode only every `n`th slot of the frame grid (1: every frame), for less load.
+
+        The slots in between stay empty, not filled with repeats: the encoder gets 1/n of
+        the frames, timestamps stay on the grid, and each packet lasts until the next.
+        The pattern restarts at each segment's start, so its IDR stays there, and with
+        `part_s` (the packager's part duration) at each part's, so every part ends on an
+        encoded frame and stays within PART-TARGET. Safe to call from any thread; it takes
+        effect at the next segment start, where every pattern encodes the slot, so a
+        packet's duration never depends on a change that came after it.
+        """
+        if n < 1:
+            raise ValueError(f"decimation must be at least 1, not {n}")
+        period = self._gop_slots
+        if part_s is not None:
+            period = max(1, min(period, math.floor(part_s * self.fps + 1e-9)))
+        self._requested = (n, period)
+
+    def _kept(self, slot: int, decimation: tuple[int, int]) -> bool:
+        n, period = decimation
+        return slot % self._gop_slots % period % n == 0
+
     def encode(self, cap: Captured) -> list[EncodedPacket]:
+        # Snap capture times to the nominal frame grid: parts then hold whole frame
+        # durations exactly and never exceed PART-TARGET through camera jitter.
+        slot = max(round(cap.media_ns * self.fps / 1e9), self._last_seen + 1)
+        if slot // self._gop_slots != max(self._last_seen, 0) // self._gop_slots:
+            self._decimation = self._requested  # a new segment: a new pattern may start
+        self._last_seen = slot
+        if not self._kept(slot, self._decimation):
+            return []  # decimated: left empty, before any scaling work
         frame = source = self._pick_input(cap)
         if (source.width, source.height) != (self.width, self.height) or (
                 source.format.name != "yuv420p"):
@@ -145,12 +189,10 @@ class VideoEncoder:
             # Scaling by an odd ratio smears the latency stamp's cells: redraw it (a
             # no-op for pictures without a stamp) so every rung carries a readable one.
             carry_stamp(luma(source), luma(frame))
-        # Snap capture times to the nominal frame grid: parts then hold whole frame
-        # durations exactly and never exceed PART-TARGET through camera jitter.
-        slot = max(round(cap.media_ns * self.fps / 1e9), self._last_slot + 1)
         packets: list[EncodedPacket] = []
-        missing = range(self._last_slot + 1, slot) if self._last_frame is not None else range(0)
-        if 0 < len(missing) <= self.fps // 2:
+        missing = [s for s in range(self._last_slot + 1, slot) if self._kept(s, self._pattern(s))
+                   ] if self._last_frame is not None else []
+        if missing and slot - self._last_slot - 1 <= self.fps // 2:
             # The source skipped frames (it fell behind): repeat the last picture in their
             # slots. A hole in the timeline makes players stall, and a stretched frame
             # would make its part longer than PART-TARGET. A repeat costs x264 little.
@@ -179,12 +221,29 @@ class VideoEncoder:
         return {"encoder": self.kind, "input": self.input, "width": self.width,
                 "height": self.height, "bitrate_kbps": self.bitrate // 1000,
                 "frames": self.frames, "repeated_frames": self.repeated,
-                "dropped_frames": self.dropped, **self._late.take()}
+                "dropped_frames": self.dropped, "decimation": self.decimation,
+                **self._late.take()}
+
+    def _pattern(self, slot: int) -> tuple[int, int]:
+        """The decimation `slot` was under: the one before the current one for the rest of
+        the segment encoded last (filling slots the source skipped there)."""
+        if self._last_slot >= 0 and slot // self._gop_slots == self._last_slot // self._gop_slots:
+            return self._slot_pattern
+        return self._decimation
 
     def _encode_at(self, frame: av.VideoFrame | None, slot: int) -> list[EncodedPacket]:
         assert frame is not None
-        self._last_slot = slot
+        pattern = self._pattern(slot)
+        self._last_slot, self._slot_pattern = slot, pattern
         frame.pts, frame.time_base = slot * 90_000 // self.fps, VIDEO_TIME_BASE
+        # The packet lasts until the next slot that is encoded (the next one, undecimated);
+        # at the latest the next segment's start, which every pattern encodes.
+        next_slot = slot + 1
+        while not self._kept(next_slot, pattern):
+            next_slot += 1
+        if len(self._durations) > 4 * self._gop_slots:  # packets the encoder never gave
+            self._durations.clear()
+        self._durations[frame.pts] = next_slot * 90_000 // self.fps - frame.pts
         segment = int(slot // round(self.segment_s * self.fps))
         # Decoded/lavfi frames can carry pict_type=I; reset it or x264 makes every frame an IDR.
         frame.pict_type = PictureType.I if segment != self._last_segment else PictureType.NONE
@@ -208,7 +267,8 @@ class VideoEncoder:
         self._late.add(time.time_ns() - capture_ns)
         return EncodedPacket(
             track=self.name, data=data, pts=p.pts, dts=p.dts if p.dts is not None else p.pts,
-            duration=90_000 // self.fps, time_base=VIDEO_TIME_BASE, keyframe=p.is_keyframe,
+            duration=self._durations.pop(p.pts, 90_000 // self.fps),
+            time_base=VIDEO_TIME_BASE, keyframe=p.is_keyframe,
             capture_ns=capture_ns,
         )
 

@@ -26,6 +26,7 @@ from appliance.board import BoardProfile, RungPlan, detect_board, plan_encoders
 from appliance.capture.encoder import AudioEncoder, VideoEncoder, hardware_h264_available
 from appliance.capture.source import AudioSource, SourceError, VideoSource
 from appliance.config.schema import Config
+from appliance.device.thermal import apply_level
 from appliance.media.bus import MediaBus
 from appliance.media.clock import MediaClock
 from appliance.media.packet import EncodedPacket, TrackInfo
@@ -51,6 +52,8 @@ class CapturePipeline:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._announced: set[str] = set()
+        self.load_level = 0  # the thermal governor's step; encoders made later follow it
+        self._video: list[VideoEncoder] = []
 
     def start(self) -> None:
         from appliance.capture.open import open_audio, open_video
@@ -75,9 +78,17 @@ class CapturePipeline:
             raise SourceError("the hardware H.264 encoder is missing (no bcm2835-codec at "
                               "/dev/video11)")
         try:
-            return [self._video_encoder(p) for p in self.plan]
+            encoders = [self._video_encoder(p) for p in self.plan]
         except av.error.FFmpegError as exc:
             raise SourceError(f"cannot open the H.264 encoder: {exc}") from exc
+        self._video = encoders
+        apply_level(self.load_level, encoders, self.cfg.packager.part_s)
+        return encoders
+
+    def set_load_level(self, level: int) -> None:
+        """From any thread: the thermal governor's step (fewer frames on some rungs)."""
+        self.load_level = level
+        apply_level(level, self._video, self.cfg.packager.part_s)
 
     def _video_encoder(self, plan: RungPlan) -> VideoEncoder:
         video = self.cfg.video

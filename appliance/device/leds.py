@@ -17,6 +17,7 @@ import itertools
 import logging
 import re
 import threading
+from collections.abc import Callable
 from typing import Any, Literal
 
 from appliance.config.schema import Leds as LedsConfig
@@ -59,8 +60,12 @@ class StatusLeds:
     GPIO here), error (the pins could not be had).
     """
 
-    def __init__(self, cfg: LedsConfig, hub: StatusHub, poll_s: float = 0.05):
+    def __init__(self, cfg: LedsConfig, hub: StatusHub, poll_s: float = 0.05,
+                 on_fatal: Callable[[BaseException], None] | None = None):
+        """`on_fatal`: called with an unexpected exception on the LEDs' thread (which has
+        ended then); the daemon ends so that systemd restarts it."""
         self.cfg, self.hub, self.poll_s = cfg, hub, poll_s
+        self.on_fatal = on_fatal
         self._board: Any = None  # gpiozero.LEDBoard with .green and .red
         self._modes: tuple[Mode, Mode] | None = None
         self._stop = threading.Event()
@@ -106,13 +111,19 @@ class StatusLeds:
 
     def _run(self) -> None:
         seen = -1
-        while True:
-            version = self.hub.version
-            if version != seen:
-                seen = version
-                self.show(LEDS[self.hub.state()])
-            if self._stop.wait(self.poll_s):
-                return
+        try:
+            while True:
+                version = self.hub.version
+                if version != seen:
+                    seen = version
+                    self.show(LEDS[self.hub.state()])
+                if self._stop.wait(self.poll_s):
+                    return
+        except Exception as exc:
+            log.exception("leds failed")
+            self.hub.update("leds", error=f"failed: {exc!r}")
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
 
     def show(self, modes: tuple[Mode, Mode]) -> None:
         """Set both LEDs to `modes` (green, red); nothing happens if they show them already."""
@@ -120,7 +131,7 @@ class StatusLeds:
             return
         board = self._board
         board.source = None  # ends an alternation (its thread is joined)
-        alternate = [rate_hz(m) for m in modes if m.startswith("alternate")]
+        alternate = [hz for m in modes if m.startswith("alternate") and (hz := rate_hz(m))]
         if alternate:
             # One thread sets both LEDs in one step every half period: they cannot drift
             # out of antiphase, as two independent blinks would.

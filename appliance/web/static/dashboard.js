@@ -18,18 +18,10 @@ const latencyChart = new LineChart($('chart-latency'), {
   title: 'Latency', unit: 'ms', windowS: CHART_WINDOW_S,
 });
 
-/** Where a device figure may be published: the first section and key that has it. */
-const CPU_KEYS = ['cpu_percent', 'cpu_pct', 'cpu'];
-const TEMP_KEYS = ['temperature_c', 'temp_c', 'soc_temp_c', 'cpu_temp_c', 'temperature'];
-const DEVICE_SECTIONS = ['device', 'system', 'thermal', 'daemon'];
-
-function findFigure(sections, keys) {
-  for (const name of DEVICE_SECTIONS) {
-    const sec = sections[name];
-    if (!sec) continue;
-    for (const k of keys) if (typeof sec[k] === 'number') return sec[k];
-  }
-  return null;
+/** A number published in the status, or null: sections.<section>.<key>. */
+function figure(sections, section, key) {
+  const value = (sections[section] || {})[key];
+  return typeof value === 'number' ? value : null;
 }
 
 function text(id, value, cls) {
@@ -162,8 +154,8 @@ function onStatus(s) {
   showHeader(s);
   text('state-text', STATE_TEXT[s.state] || s.state);
   text('uptime', duration(s.uptime_s));
-  text('cpu', num(findFigure(sections, CPU_KEYS), '%'));
-  text('temperature', num(findFigure(sections, TEMP_KEYS), '°C', 1));
+  text('cpu', num(figure(sections, 'device', 'cpu_percent'), '%'));
+  text('temperature', num(figure(sections, 'thermal', 'temp_c'), '°C', 1));
 
   const video = sections['media.video'] || {};
   const audio = sections['media.audio'];

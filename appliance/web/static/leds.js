@@ -1,5 +1,5 @@
 // The virtual LEDs: the two LEDs of SPEC's "Status LEDs" table as the appliance drives
-// them. /api/v1/status carries each LED's mode (`leds`, from appliance/web/leds.py, the
+// them. /api/v1/status carries each LED's mode (`leds`, from appliance/device/leds.py, the
 // table the GPIO driver reads too); style.css draws the modes (steady, blink at 0.5, 1 or
 // 4 Hz, alternate at 2 Hz with the other LED in antiphase).
 
