@@ -23,6 +23,7 @@ from appliance.config.load import DEVICE_CONFIG, ConfigError, dump, load, save_a
 from appliance.config.schema import Config, Web
 from appliance.credentials import CredentialStore
 from appliance.device.components import DeviceComponents
+from appliance.fleet.agent import FleetAgent
 from appliance.media.bus import MediaBus
 from appliance.media.clock import MediaClock
 from appliance.media.packet import TrackInfo
@@ -89,7 +90,7 @@ HOT_SECTIONS = frozenset({"uplink", "playback"})
 # Exit status asking systemd for a restart (EX_TEMPFAIL): not a crash, but Restart=on-failure
 # only restarts on a non-zero status.
 RESTART_STATUS = 75
-DAEMON_SECTIONS = frozenset({"web", "fleet", "leds", "button", "modem", "thermal"})
+DAEMON_SECTIONS = frozenset({"web", "fleet", "metrics", "leds", "button", "modem", "thermal"})
 
 
 class Daemon:
@@ -104,6 +105,7 @@ class Daemon:
         self.uplinks: UplinkManager | None = None
         self.recorder: Recorder | None = None
         self.device: DeviceComponents | None = None
+        self.fleet: FleetAgent | None = None
         self._restart_requested = False
         self.cfg = Config()
         self.creds = CredentialStore(state_dir)
@@ -166,6 +168,9 @@ class Daemon:
             self._start_media(cfg)
         else:
             log.error("safe mode: media is off until the config is fixed")
+        if cfg.fleet is not None:  # remote monitoring (appliance.fleet.agent)
+            self.fleet = FleetAgent(cfg.fleet, self.hub, self, self.state_dir)
+            self.fleet.start()
         notifier = asyncio.create_task(self.notifier.run(), name="sd-notify")
         notifier.add_done_callback(self._task_done)
         try:
@@ -174,6 +179,8 @@ class Daemon:
             log.info("stopping")
             self.notifier.stopping()
             notifier.cancel()
+            if self.fleet is not None:  # first: the explicit offline
+                await self.fleet.stop()
             await self._stop_media()
             if self.device is not None:
                 await asyncio.to_thread(self.device.stop)

@@ -153,6 +153,11 @@ if ((WITH_TEST)); then
     # (no running systemd needed); unshare mounts the doctor test's tmpfs in a namespace.
     command -v systemd-analyze >/dev/null 2>&1 || MISSING+=(systemd)
     command -v unshare >/dev/null 2>&1 || MISSING+=(util-linux)
+    # The fleet tests (issue 7): the MQTT broker, the MQTT-to-Prometheus bridge,
+    # Prometheus with promtool, and Alertmanager's amtool.
+    for pkg in mosquitto prometheus-mqtt-exporter prometheus prometheus-alertmanager; do
+        is_installed "$pkg" || MISSING+=("$pkg")
+    done
 fi
 
 # --- install it ------------------------------------------------------------------------

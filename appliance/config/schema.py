@@ -192,6 +192,31 @@ class Fleet(Section):
     key_file: str | None = None
     username: str | None = None
     password: str | None = Field(None, json_schema_extra={"secret": True})
+    telemetry_s: float = Field(5.0, title="Telemetry period (s)", ge=1, le=3600)
+    watch_telemetry_s: float = Field(
+        1.0, title="Telemetry period while watched (s)", ge=0.2, le=60,
+        description="after a `watch` command, for its duration")
+    keepalive_s: int = Field(10, title="MQTT keepalive (s)", ge=2, le=600)
+    apply_timeout_s: float = Field(
+        30.0, title="Remote config rollback timeout (s)", ge=1, le=600,
+        description="a remotely applied config is rolled back unless the stream is healthy "
+        "within this time")
+    allow_reboot: bool = Field(False, title="Allow remote reboot")
+
+    @model_validator(mode="after")
+    def _cert_pair(self) -> Fleet:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            raise ValueError(f"fleet.{missing}: a client certificate needs cert_file and "
+                             "key_file")
+        return self
+
+
+class Metrics(Section):
+    open: bool = Field(
+        False, title="Open /metrics",
+        description="anyone who reaches the device may scrape /metrics; off: it needs a "
+        "login or an API bearer token")
 
 
 class Uplink(Section):
@@ -379,6 +404,7 @@ class Config(Section):
     web: Web = Field(default_factory=Web)  # type: ignore[arg-type]
     playback: Playback = Field(default_factory=Playback)  # type: ignore[arg-type]
     fleet: Fleet | None = None
+    metrics: Metrics = Field(default_factory=Metrics)  # type: ignore[arg-type]
     recording: Recording = Field(default_factory=Recording)  # type: ignore[arg-type]
     preview: Preview = Field(default_factory=Preview)  # type: ignore[arg-type]
     leds: Leds = Field(default_factory=Leds)  # type: ignore[arg-type]

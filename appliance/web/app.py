@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from appliance import metrics
 from appliance.credentials import CredentialStore
 from appliance.package.store import SegmentStore
 from appliance.web import auth, openapi
@@ -80,6 +81,16 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "state": hub.state()})
 
 
+METRICS_KEY = web.AppKey("metrics", metrics.CollectorRegistry)
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    """/metrics, read from the status hub at each scrape (appliance.metrics)."""
+    body = await asyncio.to_thread(metrics.render, request.app[METRICS_KEY])
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE,
+                                            "Cache-Control": "no-store"})
+
+
 # A file under the package's dist/, up to three folders deep (dash.js ships
 # dist/modern/esm/...). No part may start with a dot, so no "..": resolve() below checks too.
 _VENDOR_PART = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
@@ -119,6 +130,10 @@ def make_app(backend: Backend, store: SegmentStore, creds: CredentialStore) -> w
         mark(resource, how)
 
     page("/healthz", healthz, "public")
+    # SPEC: open on the LAN when `[metrics] open` (read at start: a daemon section), else
+    # like a page: a login or an API bearer token.
+    app[METRICS_KEY] = metrics.make_registry(backend.hub)
+    page("/metrics", metrics_page, "public" if backend.cfg.metrics.open else "user")
     page("/", auth.index_page, "user")
     page("/settings", static_page("settings.html"), "user")
     page("/logs", static_page("logs.html"), "user")

@@ -1,0 +1,1 @@
+"""Remote fleet monitoring: the device's MQTT agent (agent.py, telemetry.py)."""
