@@ -99,6 +99,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor(args.config, args.state_dir or default_state_dir(), args.modem)
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from appliance.fleet.view import Credentials
+    from appliance.fleet.view import main as fleet_view
+
+    if args.once is not None and args.once < 0:
+        print("appliance fleet: --once needs a number of seconds >= 0", file=sys.stderr)
+        return 2
+    creds = Credentials(args.ca, args.cert, args.key, args.username, args.password_file)
+    return fleet_view(args.broker, creds, args.once)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appliance", description="Edge streaming appliance")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--modem", metavar="PORT",
                         help="also ask this serial port for AT (default: the configured modem)")
     doctor.set_defaults(func=cmd_doctor)
+
+    fleet = sub.add_parser(
+        "fleet", help="live terminal view of a fleet, read from the MQTT broker",
+        description="One row per device from fleet/v1/+/status and fleet/v1/+/telemetry.")
+    fleet.add_argument("--broker", required=True, metavar="URL",
+                       help="mqtts://HOST[:8883] or mqtt://HOST[:1883]")
+    fleet.add_argument("--ca", type=Path, metavar="FILE", help="CA certificate of the broker")
+    fleet.add_argument("--cert", type=Path, metavar="FILE", help="client certificate")
+    fleet.add_argument("--key", type=Path, metavar="FILE", help="client private key")
+    fleet.add_argument("--username", metavar="U", help="username (instead of a certificate)")
+    fleet.add_argument("--password-file", type=Path, metavar="F",
+                       help="file whose first line is the password (never in argv)")
+    fleet.add_argument("--once", type=float, metavar="SECONDS",
+                       help="print one snapshot after SECONDS and exit")
+    fleet.set_defaults(func=cmd_fleet)
     return parser
 
 
