@@ -348,7 +348,10 @@ def test_virtual_led_patterns(browser: Browser, daemon: DaemonProc) -> None:
                 assert abs(sum(lit) / len(lit) - share) <= 0.1, (mode, sum(lit) / len(lit))
             if mode == "alternate-2hz":
                 apart = sum(1 for _, g, r in rec if g != r) / len(rec)
-                assert apart > 0.9, f"alternate: the LEDs differ only {apart:.0%} of the time"
+                # In antiphase they differ always but at the flips, which sampling on a
+                # loaded machine catches now and then; two LEDs blinking independently
+                # would differ half of the time.
+                assert apart > 0.8, f"alternate: the LEDs differ only {apart:.0%} of the time"
             else:
                 assert all(s[2] == 0.0 for s in rec), f"{mode}: red lit"
     finally:
