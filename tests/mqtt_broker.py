@@ -25,13 +25,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.daemon_proc import free_port
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _name(cn: str) -> x509.Name:
@@ -135,7 +131,7 @@ def start_broker(tmp_path: Path, tls: bool = True, *, extra_conf: str = "",
 makes a password file and refuses anonymous clients. `extra_conf` is appended."""
     directory = tmp_path / "mqtt-broker"
     directory.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
+    port = port or free_port()
     conf = [f"listener {port} 127.0.0.1", "persistence false", "log_dest stderr",
             "log_type error", "log_type warning", "log_type notice"]
     if os.geteuid() == 0:
@@ -165,22 +161,28 @@ makes a password file and refuses anonymous clients. `extra_conf` is appended.""
     conf_path = directory / "mosquitto.conf"
     conf_path.write_text("\n".join(conf) + "\n" + extra_conf + "\n")
     log_path = directory / "mosquitto.log"
+    proc = run_mosquitto(conf_path, port, log_path, timeout)
+    scheme = "mqtts" if tls else "mqtt"
+    return Broker(f"{scheme}://127.0.0.1:{port}", "127.0.0.1", port, proc, log_path, ca,
+                  str(ca.ca_file) if ca else None, cert_file, key_file)
+
+
+def run_mosquitto(conf_path: Path, port: int, log_path: Path,
+                  timeout: float = 10) -> subprocess.Popen[bytes]:
+    """mosquitto with `conf_path`, once it listens on `port`; its output goes to `log_path`."""
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([MOSQUITTO, "-c", str(conf_path)], stdout=log,
                                 stderr=subprocess.STDOUT)
-    scheme = "mqtts" if tls else "mqtt"
-    broker = Broker(f"{scheme}://127.0.0.1:{port}", "127.0.0.1", port, proc, log_path, ca,
-                    str(ca.ca_file) if ca else None, cert_file, key_file)
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited {proc.returncode}:\n{broker.log()}")
+            raise RuntimeError(f"mosquitto exited {proc.returncode}:\n{log_path.read_text()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
+                return proc
         except OSError:
             if time.monotonic() > deadline:
-                broker.stop()
-                raise TimeoutError(f"mosquitto not listening:\n{broker.log()}") from None
+                proc.kill()
+                proc.wait()
+                raise TimeoutError(f"mosquitto not listening:\n{log_path.read_text()}") from None
             time.sleep(0.05)
-    return broker

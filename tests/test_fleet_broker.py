@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import ssl
 import stat
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,20 +16,17 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from tests.daemon_proc import free_port
+from tests.mqtt_broker import MOSQUITTO, run_mosquitto
+
 ROOT = Path(__file__).resolve().parent.parent
 FLEET = ROOT / "fleet"
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
 
 pytestmark = pytest.mark.skipif(not Path(MOSQUITTO).exists() or shutil.which("openssl") is None,
                                 reason="mosquitto/openssl not installed (scripts/setup.sh --test)")
 
 DEVICES = ("cam-a", "cam-b")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def mint(out: Path, *names: str, operators: tuple[str, ...] = ("fleet-operator",)) -> None:
@@ -103,27 +98,13 @@ def start_fleet_broker(tmp: Path) -> FleetBroker:
     pki = tmp / "pki"
     mint(pki, *DEVICES)
     shutil.copy(FLEET / "mosquitto/fleet.acl", tmp / "fleet.acl")
-    port = _free_port()
+    port = free_port()
     (tmp / "conf.d").mkdir()
     (tmp / "conf.d/fleet.conf").write_text(broker_config(tmp, pki, port))
     conf_path = tmp / "mosquitto.conf"
     conf_path.write_text(main_config(tmp))
     log = tmp / "mosquitto.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf_path)], stdout=out,
-                                stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited {proc.returncode}:\n{log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise TimeoutError(log.read_text()) from None
-            time.sleep(0.05)
+    proc = run_mosquitto(conf_path, port, log)
     return FleetBroker(port, pki, proc, log)
 
 
