@@ -8,8 +8,12 @@ x264 with the appliance's options (appliance/capture/encoder.py), IDRs forced at
 segment boundaries, AAC once, fMP4 HLS per rung. After the first round the x264 option
 strings both wrote into their streams (an SEI) are compared, rung by rung.
 
+On a machine others share, the CPU time of the same work drifts with their load by more
+than the difference measured here; --together runs each pair at once, over the same window,
+so that the drift hits both alike.
+
     .venv/bin/python bench/cpu_vs_ffmpeg.py [--ladder default|top] [--seconds 60]
-                                            [--warmup 5] [--rounds 3]
+                                            [--warmup 5] [--rounds 3] [--together]
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,11 +100,15 @@ class Run:
 
 
 def measure(proc: subprocess.Popen[bytes], warmup: float, seconds: float,
-            after_warmup: Callable[[], None] = lambda: None) -> Run:
+            after_warmup: Callable[[], None] = lambda: None,
+            start: threading.Barrier | None = None) -> Run:
+    """CPU over `seconds` after `warmup`; with `start`, from when every party is ready."""
     time.sleep(warmup)
     if proc.poll() is not None:
         raise SystemExit(f"process exited early ({proc.returncode})")
     after_warmup()
+    if start is not None:
+        start.wait(timeout=60)
     c0, t0 = cpu_seconds(proc.pid), time.monotonic()
     time.sleep(seconds)
     c1, t1 = cpu_seconds(proc.pid), time.monotonic()
@@ -166,8 +176,8 @@ def appliance_segments(base: str, ladder: tuple[Rung, ...], into: dict[str, byte
         into[r.name] = fetch(f"{base}/live/{r.name}/{segs[0]}") if segs else b""
 
 
-def run_appliance(work: Path, ladder: tuple[Rung, ...], warmup: float, seconds: float
-                  ) -> tuple[Run, dict[str, bytes]]:
+def run_appliance(work: Path, ladder: tuple[Rung, ...], warmup: float, seconds: float,
+                  start: threading.Barrier | None = None) -> tuple[Run, dict[str, bytes]]:
     port = free_port()
     cfg = work / "appliance.toml"
     cfg.write_text(appliance_config(port, ladder))
@@ -190,7 +200,8 @@ def run_appliance(work: Path, ladder: tuple[Rung, ...], warmup: float, seconds: 
                     raise SystemExit(f"appliance did not serve media:\n{log.read_text()}") from None
                 time.sleep(0.1)
         segments: dict[str, bytes] = {}
-        run = measure(proc, warmup, seconds, lambda: appliance_segments(base, ladder, segments))
+        run = measure(proc, warmup, seconds, lambda: appliance_segments(base, ladder, segments),
+                      start)
     finally:
         stop(proc)
     return run, segments
@@ -267,7 +278,8 @@ def ffmpeg_segments(out: Path, ladder: tuple[Rung, ...], into: dict[str, bytes])
 
 
 def run_ffmpeg(work: Path, vpath: Path, apath: Path, ladder: tuple[Rung, ...], warmup: float,
-               seconds: float) -> tuple[Run, dict[str, bytes]]:
+               seconds: float, start: threading.Barrier | None = None
+               ) -> tuple[Run, dict[str, bytes]]:
     out = work / "hls"
     shutil.rmtree(out, ignore_errors=True)
     for r in [*ladder, Rung("audio", 0, 0, 0)]:
@@ -278,7 +290,8 @@ def run_ffmpeg(work: Path, vpath: Path, apath: Path, ladder: tuple[Rung, ...], w
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errf)
     try:
         segments: dict[str, bytes] = {}
-        run = measure(proc, warmup, seconds, lambda: ffmpeg_segments(out, ladder, segments))
+        run = measure(proc, warmup, seconds, lambda: ffmpeg_segments(out, ladder, segments),
+                      start)
     except SystemExit:
         raise SystemExit(f"ffmpeg failed:\n{' '.join(argv)}\n{err.read_text()}") from None
     finally:
@@ -298,6 +311,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--rounds", type=int, default=3,
                     help="alternating appliance/ffmpeg pairs; the median ratio is reported")
+    ap.add_argument("--together", action="store_true",
+                    help="run each pair at once over the same window instead of in turn")
     args = ap.parse_args()
     ladder = LADDERS[args.ladder]
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
@@ -307,8 +322,17 @@ def main() -> None:
         print(f"preparing 4 s of the synthetic source for ffmpeg in {work} ...", flush=True)
         vpath, apath, drawing = write_raw_source(work, 4)
         for r in range(args.rounds):
-            a, a_segs = run_appliance(work, ladder, args.warmup, args.seconds)
-            f, f_segs = run_ffmpeg(work, vpath, apath, ladder, args.warmup, args.seconds)
+            if args.together:
+                start = threading.Barrier(2)
+                with ThreadPoolExecutor(2) as pool:
+                    a_run = pool.submit(run_appliance, work, ladder, args.warmup, args.seconds,
+                                        start)
+                    f_run = pool.submit(run_ffmpeg, work, vpath, apath, ladder, args.warmup,
+                                        args.seconds, start)
+                    (a, a_segs), (f, f_segs) = a_run.result(), f_run.result()
+            else:
+                a, a_segs = run_appliance(work, ladder, args.warmup, args.seconds)
+                f, f_segs = run_ffmpeg(work, vpath, apath, ladder, args.warmup, args.seconds)
             rows.append((a, f))
             print(f"round {r + 1}: appliance {a.cpu_s:6.1f} CPU s ({a.percent:5.1f}%) "
                   f"{a.rss_mb:6.1f} MB | ffmpeg {f.cpu_s:6.1f} CPU s ({f.percent:5.1f}%) "
@@ -326,7 +350,8 @@ def main() -> None:
     ratios = [a.percent / f.percent for a, f in rows]
     rungs = " + ".join(f"{r.name} {r.kbps}k" for r in ladder)
     print(f"\n{rungs} x264 {PRESET} zerolatency, {FPS} fps + AAC {AUDIO_KBPS}k; "
-          f"{args.rounds} rounds of {args.seconds:.0f} s each")
+          f"{args.rounds} rounds of {args.seconds:.0f} s each"
+          + (", appliance and ffmpeg at once" if args.together else ""))
     print(f"{'':12} {'CPU s/round':>12} {'CPU % of a core':>16} {'peak RSS MB':>12}")
     for name, runs in (("appliance", [a for a, _ in rows]), ("ffmpeg", [f for _, f in rows])):
         print(f"{name:12} {med(x.cpu_s for x in runs):12.1f} {med(x.percent for x in runs):16.1f}"

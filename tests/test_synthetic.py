@@ -10,10 +10,12 @@ import av
 import numpy as np
 import pytest
 
+from appliance.capture.encoder import VideoEncoder
 from appliance.capture.open import open_audio, open_video
 from appliance.capture.picamera import picamera_present
 from appliance.capture.source import AudioSource, Captured, VideoSource
 from appliance.capture.synthetic import SyntheticAudio, SyntheticVideo
+from appliance.config.load import ConfigError, parse
 from appliance.config.schema import Audio, Video
 from appliance.media.clock import MediaClock
 from appliance.media.stamp import luma, read_flash, read_stamp
@@ -201,3 +203,55 @@ def test_open_audio() -> None:
     src = open_audio(cfg, clock)
     assert isinstance(src, SyntheticAudio)
     assert (src.sample_rate, src.channels) == (44100, 1)
+
+
+def test_synthetic_pattern_is_checked_and_named_in_the_error() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse('[video]\nsource = "synthetic"\nsynthetic_pattern = "grain"\n')
+    (msg,) = err.value.errors
+    assert msg.startswith("video.synthetic_pattern:") and "'plain' or 'noisy'" in msg
+    assert parse("").video.synthetic_pattern == "plain"
+
+
+# Capture size first; kbit/s per rung from the dev ladder's top and bottom.
+NOISY_LADDER = ((1280, 720, 3000), (640, 360, 700))
+
+
+@pytest.mark.parametrize("pattern", ["plain", "noisy"])
+def test_noisy_pattern_costs_each_rung_its_bitrate_and_keeps_the_stamp(pattern: str) -> None:
+    """The reason for the noisy pattern: through the appliance's encoder every rung spends
+    about its configured bitrate, as with a camera, where the plain test card needs only a
+    fraction of it. The stamp and the flash still read on the decoded lowest rung."""
+    clock = MediaClock(start_mono_ns=0, start_wall_ns=1_767_225_600 * NS)
+    cfg = Video.model_validate({
+        "source": "synthetic", "synthetic_pattern": pattern, "width": 1280, "height": 720,
+        "ladder": [{"name": f"{h}p", "width": w, "height": h, "bitrate_kbps": kbps}
+                   for w, h, kbps in NOISY_LADDER]})
+    src = open_video(cfg, clock)
+    assert isinstance(src, SyntheticVideo)
+    encoders = [VideoEncoder(r.name, r.width, r.height, FPS, r.bitrate_kbps, 2.0, clock)
+                for r in cfg.ladder]
+    settle, measured = 2 * FPS, FPS  # the first segment, while the rate control settles
+    sizes = [0] * len(encoders)
+    decoder = av.CodecContext.create("h264", "r")
+    decoded: list[av.VideoFrame] = []
+    for n in range(settle + measured):
+        cap = Captured(src.render(n, n * PERIOD_NS), n * PERIOD_NS)
+        for i, enc in enumerate(encoders):
+            packets = enc.encode(cap)
+            sizes[i] += sum(len(p.data) for p in packets) if n >= settle else 0
+            if i == len(encoders) - 1:
+                for p in packets:
+                    frames = decoder.decode(av.Packet(p.data))
+                    decoded += [f for f in frames if isinstance(f, av.VideoFrame)]
+    shares = [size * 8 / (kbps * 1000) for size, (_, _, kbps) in zip(sizes, NOISY_LADDER,
+                                                                       strict=True)]
+    if pattern == "noisy":
+        assert all(0.85 < s < 1.15 for s in shares), shares
+    else:
+        assert max(shares) < 0.5, shares
+    assert len(decoded) >= settle + measured - 2  # x264 zerolatency: no frames held back
+    for n, frame in enumerate(decoded):
+        wall_ns = clock.wall_ns(n * PERIOD_NS)
+        assert read_stamp(luma(frame)) == wall_ns // 1_000_000
+        assert read_flash(luma(frame)) == (wall_ns % NS < 100_000_000)

@@ -46,7 +46,7 @@ def open_video(cfg: Video, clock: MediaClock) -> VideoSource:
         return PicameraSource(cfg.width, cfg.height, cfg.fps, clock, lores=lores_size(cfg))
     if source == "v4l2":
         return V4l2Video(cfg.device, cfg.width, cfg.height, cfg.fps, clock)
-    return SyntheticVideo(cfg.width, cfg.height, cfg.fps, clock)
+    return SyntheticVideo(cfg.width, cfg.height, cfg.fps, clock, cfg.synthetic_pattern)
 
 
 def open_audio(cfg: Audio, clock: MediaClock) -> AudioSource | None:

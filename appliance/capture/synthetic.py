@@ -2,6 +2,9 @@
 
 Video frames are built directly in yuv420p: a background rendered once, then per frame
 only what changes (latency stamp, clock digits, frame tick, moving box, flash square).
+The "noisy" pattern renders a few backgrounds under different grain and cycles them: a
+frame still costs one copy, and x264 can predict the grain from no frame it keeps as a
+reference, so, as with a camera, the bits spent follow each rung's bitrate.
 Audio is a 1 kHz burst of 100 ms from each whole wall-clock second over a quiet tone.
 Both sources take their time from the same MediaClock, so the flash and the burst
 line up and A/V cannot drift.
@@ -12,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 import av
 import numpy as np
@@ -46,6 +49,13 @@ _SEGMENTS = {  # seven-segment digits: a top, b/c right, d bottom, e/f left, g m
 }
 _CLOCK_TEXT = "00:00:00.000"  # the layout: digits are pasted per frame, separators are static
 _BOX_PERIOD_NS = 4 * NS  # there and back again: smooth motion shows judder and drops
+Pattern = Literal["plain", "noisy"]
+# More grain fields than x264 keeps reference frames at any preset the boards use (at most
+# 3, "medium"), so a frame's grain is never in a reference.
+_GRAIN_FIELDS = 5
+# Luma standard deviation of the grain: x264 spends within a few % of the bitrate on every
+# rung from 200 kbit/s at 640x360 to 8 Mbit/s at 1280x720 (bench/synthetic_cost.py --rates).
+_GRAIN_SIGMA = 4.0
 
 
 def _planes(buf: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -137,7 +147,8 @@ class SyntheticVideo:
     rather than a burst of stale ones.
     """
 
-    def __init__(self, width: int, height: int, fps: int, clock: MediaClock):
+    def __init__(self, width: int, height: int, fps: int, clock: MediaClock,
+                 pattern: Pattern = "plain"):
         if width % 2 or height % 2 or width < 64 or height < 64:
             raise ValueError(f"synthetic video needs even sizes >= 64, not {width}x{height}")
         if fps < 1:
@@ -147,7 +158,8 @@ class SyntheticVideo:
         self._clock = clock
         self._next: int | None = None
         self._layout()
-        self._background = self._render_background()
+        background = self._render_background()
+        self._backgrounds = [background] if pattern == "plain" else self._grained(background)
 
     def _layout(self) -> None:
         w, h = self.width, self.height
@@ -186,6 +198,19 @@ class SyntheticVideo:
                 _fill(planes, c + i * bar_w, fy0, c + (i + 1) * bar_w, fy1, colour)
         return buf
 
+    def _grained(self, background: np.ndarray) -> list[np.ndarray]:
+        """Copies of `background` under different Gaussian grain in luma (seeded: the same
+        pictures every run)."""
+        rng = np.random.default_rng(0)
+        y = _planes(background, self.width, self.height)[0].astype(np.float32)
+        out = []
+        for _ in range(_GRAIN_FIELDS):
+            buf = background.copy()
+            grain = rng.normal(0.0, _GRAIN_SIGMA, y.shape).astype(np.float32)
+            _planes(buf, self.width, self.height)[0][:] = np.clip(y + grain, 16, 235)
+            out.append(buf)
+        return out
+
     def _due_ns(self, n: int) -> int:
         return n * NS // self.fps
 
@@ -211,7 +236,7 @@ class SyntheticVideo:
         """Frame `n`, captured at `media_ns`. A fresh buffer each time: the frame wraps it
         without a copy and an encoder may hold it after we have moved on."""
         wall_ns = self._clock.wall_ns(media_ns)
-        buf = self._background.copy()
+        buf = self._backgrounds[n % len(self._backgrounds)].copy()
         planes = _planes(buf, self.width, self.height)
         draw_stamp(planes[0], wall_ns // 1_000_000)
         if self._clock_digits:
@@ -316,9 +341,12 @@ class SyntheticAudio:
         end = offset + self.frame_size
         mono = (period[offset:end] if end <= period.size
                 else np.concatenate((period[offset:], period[: end - period.size])))
-        frame = av.AudioFrame.from_ndarray(
-            np.tile(mono, (self.channels, 1)), format="fltp", layout=self._layout
-        )
+        # Every channel plays the same sound: fill each plane from the one mono slice
+        # (a third of the cost of tiling it into a channels x samples array).
+        frame = av.AudioFrame(format="fltp", layout=self._layout, samples=self.frame_size)
+        pcm = mono.tobytes()
+        for plane in frame.planes:
+            plane.update(pcm)
         frame.sample_rate = self.sample_rate
         return frame
 

@@ -68,6 +68,12 @@ class Video(Section):
         "auto", title="Video source", description="auto: Pi camera, else V4L2, else synthetic"
     )
     device: str = Field("/dev/video0", title="V4L2 device")
+    synthetic_pattern: Literal["plain", "noisy"] = Field(
+        "plain", title="Synthetic picture",
+        description="plain: the test card, which encodes to far less than any rung's bitrate; "
+        "noisy: the same under moving grain, so that every rung uses its bitrate as with a "
+        "camera (for testing ABR)",
+    )
     width: int = Field(default_factory=lambda: detect_board().capture[0], title="Capture width",
                        ge=64, le=3840, multiple_of=2)
     height: int = Field(default_factory=lambda: detect_board().capture[1],
