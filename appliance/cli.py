@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import os
 import sys
 import time
@@ -99,6 +100,40 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor(args.config, args.state_dir or default_state_dir(), args.modem)
 
 
+def cmd_tls_cert(args: argparse.Namespace) -> int:
+    import socket
+
+    from appliance.provision.tls import default_dir, ensure
+
+    directory = args.dir or default_dir(args.state_dir or default_state_dir())
+    info, made = ensure(directory, args.hostname or socket.gethostname(), args.ip, args.force)
+    what = "made a self-signed" if made else "kept the"
+    print(f"{what} certificate in {directory}: {', '.join(info.names) or info.subject}, "
+          f"until {info.not_after:%Y-%m-%d}, SHA-256 {info.sha256}", file=sys.stderr)
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from appliance.update.health import local_url
+    from appliance.update.health import main as health
+
+    url = args.url
+    if url is None:
+        try:
+            web = load(args.config).web
+            url = local_url(web.listen, web.tls)
+        except (ConfigError, OSError):  # no or a bad config: the default address
+            url = local_url("127.0.0.1:8080", False)
+    return health(url.rstrip("/"), args.timeout, args.reboot_trial)
+
+
+def cmd_firstboot(args: argparse.Namespace) -> int:
+    from appliance.provision.firstboot import run as firstboot
+
+    # The boot partition is a device path: under --root like every other one.
+    return firstboot(args.root / str(args.boot_dir).lstrip("/"), args.root)
+
+
 def cmd_fleet(args: argparse.Namespace) -> int:
     from appliance.fleet.view import Credentials
     from appliance.fleet.view import main as fleet_view
@@ -152,6 +187,44 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--modem", metavar="PORT",
                         help="also ask this serial port for AT (default: the configured modem)")
     doctor.set_defaults(func=cmd_doctor)
+
+    cert = sub.add_parser(
+        "tls-cert", parents=[state], help="make the HTTPS front's self-signed certificate",
+        description="Keeps a usable certificate and key in DIR; otherwise (none, a pair that "
+        "does not match, or a self-made one near its end or for another hostname) makes a "
+        "self-signed one for HOSTNAME and HOSTNAME.local.")
+    cert.add_argument("--dir", type=Path, help="where cert.pem and key.pem are "
+                      "(default: /data/tls on the device, else <state dir>/tls)")
+    cert.add_argument("--hostname", help="default: this machine's hostname")
+    cert.add_argument("--ip", type=ipaddress.ip_address, action="append", default=[],
+                      metavar="ADDR", help="also an IP address the certificate names "
+                      "(repeatable)")
+    cert.add_argument("--force", action="store_true", help="make a new one in any case")
+    cert.set_defaults(func=cmd_tls_cert)
+
+    health = sub.add_parser(
+        "health", help="check that this boot works (page, source, encoder); for updates",
+        description="Repeats the checks until all pass (exit 0) or --timeout (exit 1). "
+        "appliance-health.service runs it before boot-complete.target.")
+    health.add_argument("--url", help="the daemon (default: web.listen of --config)")
+    health.add_argument("--config", type=Path, default=Path("/etc/appliance/appliance.toml"),
+                        help="where web.listen is read (default /etc/appliance/...)")
+    health.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="give up after this long (default 120)")
+    health.add_argument("--reboot-trial", action="store_true",
+                        help="on failure in a trial boot, reboot (back to the committed slot)")
+    health.set_defaults(func=cmd_health)
+
+    first = sub.add_parser(
+        "firstboot", help="apply appliance-setup.toml from the boot partition",
+        description="Checks the whole file, applies it (hostname, admin password, Wi-Fi, "
+        "uplinks, fleet, SSH keys), then removes its secrets. Exit 2 when the file is wrong "
+        "(nothing applied; the errors are also in <state dir>/firstboot.json).")
+    first.add_argument("--boot-dir", type=Path, default=Path("/boot/select"),
+                       help="where the file is (default /boot/select)")
+    first.add_argument("--root", type=Path, default=Path("/"),
+                       help="the device's root: every path is taken under it (default /)")
+    first.set_defaults(func=cmd_firstboot)
 
     fleet = sub.add_parser(
         "fleet", help="live terminal view of a fleet, read from the MQTT broker",

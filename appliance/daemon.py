@@ -32,6 +32,7 @@ from appliance.package.packager import TrackPackager
 from appliance.package.store import SegmentStore
 from appliance.record.recorder import Recorder
 from appliance.status import StatusHub
+from appliance.update.installer import Updater, update_dir
 from appliance.uplink.manager import UplinkManager
 from appliance.web import logs
 from appliance.web.app import make_app
@@ -117,6 +118,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
         self.notifier = Notifier(self.hub)
+        self.updater = Updater(self.hub, update_dir(state_dir))
 
     def fatal(self, exc: BaseException) -> None:
         """Called on the loop when a component hit an unexpected error."""
@@ -169,7 +171,8 @@ class Daemon:
         else:
             log.error("safe mode: media is off until the config is fixed")
         if cfg.fleet is not None:  # remote monitoring (appliance.fleet.agent)
-            self.fleet = FleetAgent(cfg.fleet, self.hub, self, self.state_dir)
+            self.fleet = FleetAgent(cfg.fleet, self.hub, self, self.state_dir,
+                                    updater=self.updater)
             self.fleet.start()
         notifier = asyncio.create_task(self.notifier.run(), name="sd-notify")
         notifier.add_done_callback(self._task_done)

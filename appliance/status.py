@@ -9,7 +9,8 @@ frames, fps, dropped); `encode.<rung>` (a video rung's encoder: encoder "hardwar
 repeated_frames, dropped_frames, lateness_ms_avg / lateness_ms_max over the last second:
 wall time as a packet leaves the encoder minus its capture time); `package.<track>`;
 `uplink.<name>`; `leds`, `button`, `modem`, `thermal` (appliance.device: `thermal.degraded`
-shows the device as degraded, `button.maintenance` as in maintenance during a factory reset).
+shows the device as degraded, `button.maintenance` as in maintenance during a factory reset);
+`update` (appliance.update.installer: in maintenance while a bundle downloads or installs).
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def derive_state(sections: dict[str, dict[str, Any]]) -> DeviceState:
     """The device state of SPEC's LED table, from the published sections."""
     daemon = sections.get("daemon", {})
     if daemon.get("maintenance") or sections.get("button", {}).get("maintenance"):
-        return "maintenance"  # an update, or the factory reset the button started
+        return "maintenance"  # the factory reset the button started
+    if sections.get("update", {}).get("state") in ("downloading", "installing", "rebooting"):
+        return "maintenance"  # an update (appliance.update.installer)
     if daemon.get("safe_mode"):
         return "safe_mode"
     video = sections.get("media.video", {})

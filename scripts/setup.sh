@@ -153,6 +153,19 @@ if ((WITH_TEST)); then
     # (no running systemd needed); unshare mounts the doctor test's tmpfs in a namespace.
     command -v systemd-analyze >/dev/null 2>&1 || MISSING+=(systemd)
     command -v unshare >/dev/null 2>&1 || MISSING+=(util-linux)
+    # The HTTPS front's test (tests/test_nginx_front.py) asks it for HTTP/2 with curl.
+    is_installed curl || MISSING+=(curl)
+    # The update tests (issue 8): the real rauc builds, checks and installs bundles (its
+    # service on a private D-Bus), squashfs-tools packs them, mtools/dosfstools/e2fsprogs
+    # make and read the slot images. (The image itself installs rauc on its own.)
+    for pkg in rauc squashfs-tools mtools dosfstools e2fsprogs dbus; do
+        is_installed "$pkg" || MISSING+=("$pkg")
+    done
+    # The image tests (tests/image/): image/build.sh's tools (mmdebstrap, genimage, fdisk),
+    # QEMU to boot it, and ssh/scp to look inside.
+    for pkg in mmdebstrap genimage fdisk qemu-system-x86 openssh-client; do
+        is_installed "$pkg" || MISSING+=("$pkg")
+    done
     # The fleet tests (issue 7): the MQTT broker, the MQTT-to-Prometheus bridge,
     # Prometheus with promtool, and Alertmanager's amtool.
     for pkg in mosquitto prometheus-mqtt-exporter prometheus prometheus-alertmanager; do

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from appliance.cli import build_parser
+from appliance.provision.tls import DEVICE_DIR as DEVICE_TLS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "appliance.service"
@@ -209,3 +210,67 @@ def test_sysusers_then_tmpfiles_make_the_directories(tmp_path: Path) -> None:
     # The unit's writable paths are among them.
     for p in unit_settings()["ReadWritePaths"][0].split():
         assert (root / p.lstrip("/")).is_dir()
+
+
+TLS_UNITS = ("appliance-tls.service", "appliance-tls-reload.path", "appliance-tls-reload.service")
+
+
+def test_https_certificate_units(tmp_path: Path) -> None:
+    """The HTTPS front's certificate (issue 8): made before nginx starts, and nginx
+    reloaded when the page replaces it (appliance/provision/tls.py writes cert.pem last)."""
+    analyze = tool("systemd-analyze")
+    units = ROOT / "systemd"
+    root = verify_root(tmp_path, (units / TLS_UNITS[0]).read_text(), TLS_UNITS[0])
+    for name in TLS_UNITS[1:]:
+        shutil.copy(units / name, root / "etc/systemd/system" / name)
+    for binary in ("systemctl", "install"):
+        found = shutil.which(binary, path="/usr/bin:/bin")
+        assert found is not None, f"no {binary} on this machine"
+        shutil.copy2(found, root / "usr/bin" / binary)
+    out = run(analyze, "verify", f"--root={root}", *TLS_UNITS)
+    assert (out.returncode, out.stdout + out.stderr) == (0, "")
+
+    make = unit_settings(units / "appliance-tls.service")
+    assert make["Before"] == ["nginx.service"] and make["User"] == ["appliance"]
+    argv = shlex.split(make["ExecStart"][0])
+    assert argv[0] == f"{INSTALL_PREFIX}/.venv/bin/appliance"
+    args = build_parser().parse_args(argv[1:])
+    assert make["ReadWritePaths"] == [str(args.dir)] == [str(DEVICE_TLS_DIR)]
+    watch = unit_settings(units / "appliance-tls-reload.path")
+    assert watch["PathChanged"] == [f"{args.dir}/cert.pem"]
+    assert watch["Unit"] == ["appliance-tls-reload.service"]
+    enabled = (ROOT / "image" / "enable-units").read_text().split()
+    assert {"nginx.service", "appliance-tls.service", "appliance-tls-reload.path"} <= set(enabled)
+
+
+def test_firstboot_unit(tmp_path: Path) -> None:
+    """appliance-firstboot.service (issue 8): the setup file applied after the file systems
+    are up and before networking and the daemon, by a command line the CLI takes."""
+    from appliance.provision import firstboot
+    from appliance.provision.firstboot import SETUP_FILE
+
+    analyze = tool("systemd-analyze")
+    name = "appliance-firstboot.service"
+    text = (ROOT / "systemd" / name).read_text()
+    out = run(analyze, "verify", f"--root={verify_root(tmp_path, text, name)}", name)
+    assert (out.returncode, out.stdout + out.stderr) == (0, "")
+
+    s = unit_settings(ROOT / "systemd" / name)
+    assert s["Type"] == ["oneshot"] and "User" not in s  # root
+    assert {"network-pre.target", "NetworkManager.service", "appliance.service"} <= set(
+        s["Before"][0].split())
+    assert s["Wants"] == ["network-pre.target"]
+    assert {"local-fs.target", "systemd-tmpfiles-setup.service"} <= set(s["After"][0].split())
+    assert {"/data", "/boot/select"} <= set(s["RequiresMountsFor"][0].split())
+    argv = shlex.split(s["ExecStart"][0])
+    assert argv[0] == f"{INSTALL_PREFIX}/.venv/bin/appliance"
+    args = build_parser().parse_args(argv[1:])
+    assert (args.command, args.root) == ("firstboot", Path("/"))
+    assert s["ConditionPathExists"] == [str(args.boot_dir / SETUP_FILE)]
+    assert name in (ROOT / "image" / "enable-units").read_text().split()
+    # ProtectSystem=strict: every place it writes is one of its writable paths.
+    writable = [Path(p.lstrip("-")) for p in s["ReadWritePaths"][0].split()]
+    for rel in (firstboot.STATE_DIR, firstboot.CONFIG_FILE, firstboot.NM_CONNECTIONS,
+                firstboot.HOSTNAME_FILE, firstboot.WIFI_COUNTRY_FILE, firstboot.AUTHORIZED_KEYS,
+                args.boot_dir.relative_to("/") / SETUP_FILE):
+        assert any(("/" / rel).is_relative_to(w) for w in writable), rel

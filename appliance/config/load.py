@@ -87,20 +87,25 @@ def _line_of(text: str, loc: tuple[int | str, ...]) -> int | None:
     return start + 1 if header_path else None
 
 
+def key_errors(exc: ValidationError, text: str = "") -> ConfigError:
+    """pydantic's errors as "key: message (line N)", N found in `text` where given."""
+    errors = []
+    for err in exc.errors():
+        key, msg = _own_key(_loc_to_key(tuple(err["loc"])),
+                            err["msg"].removeprefix("Value error, "))
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        line = _line_of(text, _key_to_loc(key)) if text else None
+        errors.append(f"{key or '(top level)'}: {msg}" + (f" (line {line})" if line else ""))
+    return ConfigError(errors)
+
+
 def validate(data: dict[str, Any], text: str = "", board: BoardProfile | None = None) -> Config:
     """`data` as a Config for `board` (default: this machine's, see appliance.board)."""
     try:
         return Config.model_validate(data, context={"board": board} if board else None)
     except ValidationError as exc:
-        errors = []
-        for err in exc.errors():
-            key, msg = _own_key(_loc_to_key(tuple(err["loc"])),
-                                err["msg"].removeprefix("Value error, "))
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            line = _line_of(text, _key_to_loc(key)) if text else None
-            errors.append(f"{key or '(top level)'}: {msg}" + (f" (line {line})" if line else ""))
-        raise ConfigError(errors) from None
+        raise key_errors(exc, text) from None
 
 
 def parse(text: str, board: BoardProfile | None = None) -> Config:

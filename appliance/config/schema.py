@@ -7,6 +7,7 @@ this schema.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import asdict
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -152,6 +153,36 @@ class Web(Section):
         description="With tls_key: serve HTTPS instead of HTTP (the cookie is then Secure)",
     )
     tls_key: str | None = Field(None, title="TLS private key (PEM file)")
+    # Loopback by default: the device's nginx connects from there, also with the config
+    # a factory reset writes (without it, a browser's https Origin would not match the
+    # request's scheme and every login would be refused); only local processes can claim
+    # it, and those can reach the daemon anyway.
+    trusted_proxies: str = Field(
+        "127.0.0.1 ::1", title="Trusted reverse proxies",
+        description="Addresses or networks, space-separated, whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed (the device's nginx); from any other peer those "
+        "headers are ignored",
+    )
+    tls_dir: str | None = Field(
+        None, title="HTTPS front certificate directory",
+        description="Where the front end (nginx on the device) reads cert.pem and key.pem, "
+        "shown and replaced in Settings; default: /data/tls on the device, else "
+        "<state dir>/tls",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: str) -> str:
+        for item in v.split():
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return v
+
+    @property
+    def proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(i, strict=False) for i in self.trusted_proxies.split())
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Web:

@@ -15,9 +15,12 @@ Topics, all JSON, under `fleet/v1/<device_id>/`:
 - `cmd/req` (subscribed): `{"id": "...", "command": "...", "args": {...}, "expires": unix
   time}`; commands: restart_stream, apply_config (`args.config`: a whole config as the
   API's PUT /api/v1/config takes it, masked secrets kept), watch, reboot (only with
-  `fleet.allow_reboot`). A repeated id is not run again (nor answered again); an expired
-  command is dropped unanswered. The reply `{"id", "command", "ok", "result" | "error"}`
-  goes to the request's MQTT 5 response topic (default `cmd/res`) with its correlation data.
+  `fleet.allow_reboot`), update (`args.url`: an https:// RAUC bundle, `args.sha256`: its hex
+  digest; downloaded with the certificate verified, installed, then the device reboots into
+  it; the reply comes when RAUC is done). A repeated id is not run again (nor answered
+  again); an expired command is dropped unanswered. The reply `{"id", "command", "ok",
+  "result" | "error"}` goes to the request's MQTT 5 response topic (default `cmd/res`) with
+  its correlation data.
 - `config/desired` (subscribed, retained by the fleet side): `{"version": int, "config":
   {...}, "hash"?: sha256 hex of the config's canonical JSON}`; a version above the last
   one handled is applied like apply_config. `config/reported` (retained): `{"version",
@@ -52,11 +55,12 @@ from appliance.config.load import ConfigError, dump, save_atomic, validate
 from appliance.config.schema import Config, Fleet
 from appliance.fleet import telemetry as tm
 from appliance.status import StatusHub
+from appliance.update.installer import UpdateError, Updater
 from appliance.web.masking import mask, secret_values, unmask
 
 log = logging.getLogger(__name__)
 
-COMMANDS = frozenset({"restart_stream", "apply_config", "watch", "reboot"})
+COMMANDS = frozenset({"restart_stream", "apply_config", "watch", "reboot", "update"})
 EVENT_RING = 500
 REMEMBERED_IDS = 1000
 WATCH_MAX_S = 600.0
@@ -92,8 +96,11 @@ class CommandError(Exception):
 
 class FleetAgent:
     def __init__(self, cfg: Fleet, hub: StatusHub, backend: Backend, state_dir: Path,
-                 reboot: Callable[[], Awaitable[None]] | None = None) -> None:
+                 reboot: Callable[[], Awaitable[None]] | None = None,
+                 updater: Updater | None = None) -> None:
+        """`updater`: runs the `update` command (None: the command is refused)."""
         self.cfg = cfg
+        self.updater = updater
         self.hub = hub
         self.backend = backend
         self.dir = state_dir / "fleet"
@@ -372,6 +379,16 @@ class FleetAgent:
             data = args.get("config")
             restart = await self._apply(data, source="command")
             return {"restart_needed": restart}
+        if command == "update":
+            url, sha256 = args.get("url"), args.get("sha256")
+            if not isinstance(url, str) or not isinstance(sha256, str):
+                raise CommandError("update needs args.url and args.sha256 (strings)")
+            if self.updater is None:
+                raise CommandError("updates are not available on this device")
+            try:
+                return await self.updater.download_and_install(url, sha256.lower())
+            except UpdateError as exc:
+                raise CommandError(str(exc)) from None
         if command == "reboot":
             if not self.backend.cfg.fleet or not self.backend.cfg.fleet.allow_reboot:
                 raise CommandError("reboot not allowed (fleet.allow_reboot is off)")

@@ -16,7 +16,8 @@ from aiohttp import web
 
 from appliance.config.schema import Config, Uplink
 from appliance.device.leds import leds_for
-from appliance.web import auth, config_api, playback, recordings_api, tokens_api
+from appliance.update import api as update_api
+from appliance.web import auth, config_api, playback, recordings_api, tls_api, tokens_api
 from appliance.web.auth import AUTH_KEY
 from appliance.web.backend import BACKEND_KEY
 from appliance.web.models import (
@@ -185,6 +186,25 @@ def api_routes() -> list[ApiRoute]:
         ApiRoute("GET", "/playback-url", playback_url, "playback_url",
                  response=PlaybackUrlReply,
                  summary="URLs of the live stream, signed when playback needs a token"),
+        # -- the HTTPS front's certificate
+        ApiRoute("GET", "/tls", tls_api.get_tls, "get_tls", response=tls_api.TlsReply,
+                 errors=(404, 409),
+                 summary="The HTTPS front's certificate: subject, names, dates, fingerprint"),
+        ApiRoute("PUT", "/tls", tls_api.put_tls, "put_tls", body=tls_api.TlsUpload,
+                 response=tls_api.TlsReply, errors=(400,),
+                 summary="Replace the HTTPS front's certificate and key (checked: they parse, "
+                         "match and are valid now); nginx reloads it"),
+        # -- signed A/B updates (appliance.update)
+        ApiRoute("GET", "/update", update_api.get_update, "get_update",
+                 response=update_api.UpdateStatus,
+                 summary="The update's state: idle, downloading, installing, rebooting or "
+                         "failed, with progress, and the running version and slot"),
+        ApiRoute("POST", "/update", update_api.post_update, "post_update",
+                 raw_body=update_api.MEDIA_TYPE, response=update_api.UpdateStatus, status=202,
+                 errors=(409, 415),
+                 summary="Upload a RAUC bundle (the raw body); it is installed in the "
+                         "background (RAUC checks signature, board and version), then the "
+                         "device reboots into it: follow GET /update or /status"),
         ApiRoute("GET", "/openapi.json", openapi, "openapi", public=True,
                  summary="This document"),
         *whep_routes(),

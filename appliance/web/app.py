@@ -21,7 +21,9 @@ from appliance.web import auth, openapi
 from appliance.web.api import OPENAPI_KEY, SHUTDOWN_KEY, api_routes
 from appliance.web.auth import ACCESS_KEY, AUTH_KEY, Access, Auth, access_middleware
 from appliance.web.backend import BACKEND_KEY, CREDS_KEY, STORE_KEY, Backend
+from appliance.web.captive import captive_middleware
 from appliance.web.config_api import CONFIG_LOCK, MAX_TESTS, TEST_SLOTS
+from appliance.web.forwarded import forwarded_middleware
 from appliance.web.live import setup_live
 from appliance.web.routes import ApiError, error_response
 
@@ -107,7 +109,10 @@ async def vendor(request: web.Request) -> web.FileResponse:
 
 
 def make_app(backend: Backend, store: SegmentStore, creds: CredentialStore) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, access_middleware],
+    # First: every later middleware and handler must see the real client and scheme.
+    app = web.Application(middlewares=[forwarded_middleware(backend.cfg.web.proxies),
+                                       errors_middleware, captive_middleware,
+                                       access_middleware],
                           client_max_size=MAX_BODY)
     app[BACKEND_KEY] = backend
     app[STORE_KEY] = store

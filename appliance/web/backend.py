@@ -11,6 +11,7 @@ from appliance.config.schema import Config
 from appliance.credentials import CredentialStore
 from appliance.package.store import SegmentStore
 from appliance.status import StatusHub
+from appliance.update.installer import Updater
 from appliance.web.logs import LogRing
 
 
@@ -20,6 +21,8 @@ class Backend(Protocol):
     hub: StatusHub
     cfg: Config  # the running config
     log_ring: LogRing
+    state_dir: Path  # credentials, recordings; the front's certificate by default
+    updater: Updater  # bundles uploaded on the page (appliance.update)
 
     def config_file(self) -> Path:
         """Where the config is saved."""

@@ -236,6 +236,59 @@ function addDestination() {
   }, () => host.replaceChildren());
 }
 
+// -- the HTTPS certificate (nginx's, on the device) -------------------------------------
+
+function showCertificate(info) {
+  const rows = [
+    ['Subject', info.subject],
+    ['Names', info.names.join(', ') || '(none)'],
+    ['Issuer', info.self_signed ? 'itself (self-signed)' : info.issuer],
+    ['Valid until', new Date(info.not_after).toLocaleString()],
+    ['SHA-256', info.sha256],
+  ];
+  $('tls-info').replaceChildren(...rows.flatMap(([k, v]) => [h('dt', { text: k }),
+    h('dd', { text: v })]));
+}
+
+async function loadCertificate() {
+  try {
+    showCertificate(await api('GET', '/tls'));
+  } catch (err) {
+    $('tls-info').replaceChildren(h('dd', { class: 'muted', text: fail(err) }));
+  }
+}
+
+async function uploadCertificate(event) {
+  event.preventDefault();
+  const status = $('tls-status');
+  const fields = { cert: $('tls-cert'), key: $('tls-key') };
+  for (const k of Object.keys(fields)) $(`tls-${k}-error`).textContent = '';
+  const missing = Object.keys(fields).filter((k) => !fields[k].files.length);
+  if (missing.length) {
+    for (const k of missing) $(`tls-${k}-error`).textContent = 'Choose a file.';
+    return;
+  }
+  status.className = '';
+  status.textContent = 'checking…';
+  try {
+    const [cert, key] = await Promise.all([fields.cert.files[0].text(),
+      fields.key.files[0].text()]);
+    showCertificate(await api('PUT', '/tls', { cert, key }));
+    fields.cert.value = '';
+    fields.key.value = '';
+    status.className = 'ok';
+    status.textContent = 'Replaced: reload the page to be served the new one.';
+  } catch (err) {
+    status.className = 'bad';
+    status.textContent = fail(err);
+    if (err instanceof ApiFailure) {
+      for (const e of err.errors) {
+        if (fields[e.key]) $(`tls-${e.key}-error`).textContent = e.message;
+      }
+    }
+  }
+}
+
 // -- start ----------------------------------------------------------------------------
 
 async function load() {
@@ -252,6 +305,7 @@ async function load() {
 
 initShell();
 $('config-form').addEventListener('submit', saveConfig);
+$('tls-form').addEventListener('submit', uploadCertificate);
 $('revert').addEventListener('click', () => {
   configForm = null;
   renderConfig(loadedConfig);
@@ -270,3 +324,4 @@ statusFeed((status) => {
   updateDestStates();
 });
 load();
+loadCertificate();

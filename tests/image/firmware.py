@@ -1,0 +1,286 @@
+"""A booted ci-amd64 image in QEMU, with this module playing the Raspberry Pi firmware.
+
+On a Pi 4/5 the firmware reads `autoboot.txt` on partition 1 and boots the partition named
+by `[all] boot_partition`, or, once, the `[tryboot]` one after `reboot "0 tryboot"`. The
+PC has no such firmware, so `Firmware` does the same from outside the guest: before each
+boot it reads autoboot.txt from the card's bootsel partition, consumes the one-shot flag
+file `tryboot.flag` there (the guest's stand-in for the reboot argument, written by
+appliance/update/tryboot.py), and boots the kernel, initrd and cmdline.txt of the chosen
+vfat partition. QEMU runs with -no-reboot, so a guest reboot ends the process and the loop
+boots again, as a board would.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.daemon_proc import free_port
+
+SECTOR = 512
+
+
+@dataclass(frozen=True)
+class Partition:
+    number: int
+    label: str
+    offset: int  # bytes
+    size: int  # bytes
+
+
+class Card:
+    """The SD card: a raw disk image with a GPT, read and written with mtools."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        table = json.loads(subprocess.run(
+            ["sfdisk", "--json", str(path)], check=True, capture_output=True, text=True,
+        ).stdout)["partitiontable"]
+        self.partitions = [
+            Partition(int(p["node"].rsplit("img", 1)[1]), p.get("name", ""),
+                      p["start"] * SECTOR, p["size"] * SECTOR)
+            for p in table["partitions"]
+        ]
+
+    def partition(self, key: int | str) -> Partition:
+        for p in self.partitions:
+            if key in (p.number, p.label):
+                return p
+        raise KeyError(f"no partition {key!r} on {self.path}")
+
+    def _img(self, key: int | str) -> str:
+        return f"{self.path}@@{self.partition(key).offset}"
+
+    def read(self, key: int | str, name: str) -> bytes | None:
+        out = subprocess.run(["mtype", "-i", self._img(key), f"::{name}"], capture_output=True)
+        return out.stdout if out.returncode == 0 else None
+
+    def write(self, key: int | str, name: str, data: bytes) -> None:
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(data)
+            f.flush()
+            subprocess.run(["mcopy", "-o", "-i", self._img(key), f.name, f"::{name}"],
+                           check=True, capture_output=True)
+
+    def delete(self, key: int | str, name: str) -> bool:
+        return subprocess.run(["mdel", "-i", self._img(key), f"::{name}"],
+                              capture_output=True).returncode == 0
+
+    def extract(self, key: int | str, name: str, dest: Path) -> None:
+        subprocess.run(["mcopy", "-o", "-n", "-i", self._img(key), f"::{name}", str(dest)],
+                       check=True, capture_output=True)
+
+
+    def dump(self, key: int | str, dest: Path) -> Path:
+        """A copy of one partition as a file (for debugfs, mtools or hashing)."""
+        part = self.partition(key)
+        with self.path.open("rb") as src, dest.open("wb") as out:
+            src.seek(part.offset)
+            left = part.size
+            while left:
+                chunk = src.read(min(left, 1 << 22))
+                out.write(chunk)
+                left -= len(chunk)
+        return dest
+
+    def journal(self, workdir: Path, *args: str) -> str:
+        """The guest's persistent journal, read from the data partition (no boot needed)."""
+        data = self.dump("data", workdir / "data.ext4")
+        out = workdir / "journal-dump"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        subprocess.run(["debugfs", "-R", f"rdump /journal {out}", str(data)], check=True,
+                       capture_output=True)
+        data.unlink()
+        return subprocess.run(["journalctl", "-D", str(out / "journal"), "--no-pager",
+                               "-o", "short-monotonic", *args],
+                              capture_output=True, text=True).stdout
+
+
+def autoboot_choice(autoboot: bytes, tryboot: bool) -> int:
+    """The partition the Pi firmware boots for this autoboot.txt, as it documents:
+    `[all] boot_partition`, or `[tryboot] boot_partition` on a tryboot reboot."""
+    parser = configparser.ConfigParser()
+    parser.read_string(autoboot.decode())
+    section = "tryboot" if tryboot and parser.has_option("tryboot", "boot_partition") else "all"
+    return parser.getint(section, "boot_partition")
+
+
+@dataclass
+class Boot:
+    partition: int
+    tryboot: bool
+    cmdline: str
+    started: float
+    ended: float | None = None
+
+
+def accel() -> list[str]:
+    """TCG unless APPLIANCE_QEMU_KVM=1: a /dev/kvm that opens is no proof nested KVM works
+    (on this project's CI machines QEMU with KVM hangs before the kernel prints a line)."""
+    if os.environ.get("APPLIANCE_QEMU_KVM") == "1":
+        return ["-enable-kvm", "-cpu", "host"]
+    return ["-cpu", "max"]
+
+
+@dataclass
+class Firmware:
+    """Boots `card` in QEMU again and again until stop(); `boots` is the history."""
+
+    card: Card
+    workdir: Path
+    memory_mb: int = 1536
+    ports: dict[int, int] = field(default_factory=dict)  # guest port -> host port
+    boots: list[Boot] = field(default_factory=list)
+    failure: str | None = None
+    _proc: subprocess.Popen[bytes] | None = None
+    _stopping: bool = False
+    _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        for guest in (22, 80, 443):
+            self.ports.setdefault(guest, free_port())
+
+    @property
+    def qmp_path(self) -> Path:
+        return self.workdir / "qmp.sock"
+
+    @property
+    def serial_log(self) -> Path:
+        return self.workdir / "serial.log"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="firmware", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            tryboot = self.card.delete("bootsel", "tryboot.flag")
+            autoboot = self.card.read("bootsel", "autoboot.txt")
+            if autoboot is None:
+                raise RuntimeError("no autoboot.txt on the bootsel partition")
+            number = autoboot_choice(autoboot, tryboot)
+            kernel, initrd = self.workdir / "vmlinuz", self.workdir / "initrd.img"
+            self.card.extract(number, "vmlinuz", kernel)
+            self.card.extract(number, "initrd.img", initrd)
+            cmdline = (self.card.read(number, "cmdline.txt") or b"").decode().strip()
+            boot = Boot(number, tryboot, cmdline, time.monotonic())
+            self.boots.append(boot)
+            fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for g, h in self.ports.items())
+            with self.serial_log.open("ab") as log:
+                log.write(f"\n==== firmware: boot partition {number}"
+                          f"{' (tryboot)' if tryboot else ''}: {cmdline}\n".encode())
+                log.flush()
+                self._proc = subprocess.Popen(
+                    ["qemu-system-x86_64", *accel(), "-m", str(self.memory_mb), "-smp", "2",
+                     "-no-reboot", "-nographic", "-monitor", "none", "-serial", "stdio",
+                     "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+                     "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
+                     "-drive", f"file={self.card.path},format=raw,if=virtio,cache=unsafe",
+                     "-nic", f"user,model=virtio-net-pci,{fwd}"],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                )
+                code = self._proc.wait()
+            boot.ended = time.monotonic()
+            if boot.ended - boot.started < 5 and not self._stopping:
+                self.failure = f"QEMU exited {code} at once; see {self.serial_log}"
+                return
+
+    def kill(self) -> None:
+        """Pull the power: the loop boots again, as a board would when power returns."""
+        if self._proc and self._proc.poll() is None:
+            self._proc.kill()
+
+    def shutdown(self, timeout: float = 90) -> None:
+        """Press the power button (ACPI): systemd shuts down cleanly, the journal is
+        flushed to /data, and the loop ends. Pulls the power if that takes too long."""
+        self._stopping = True
+        proc = self._proc
+        if proc and proc.poll() is None:
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as qmp:
+                qmp.settimeout(5)
+                qmp.connect(str(self.qmp_path))
+                qmp.recv(4096)  # greeting
+                for cmd in ("qmp_capabilities", "system_powerdown"):
+                    qmp.sendall(json.dumps({"execute": cmd}).encode() + b"\n")
+                    qmp.recv(4096)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout)
+        self.stop()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.kill()
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    def url(self, path: str, scheme: str = "http") -> str:
+        port = self.ports[443 if scheme == "https" else 80]
+        return f"{scheme}://127.0.0.1:{port}{path}"
+
+    def wait_boots(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.boots) < count:
+            self._check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.boots)} boots after {timeout} s, expected {count}")
+            time.sleep(0.5)
+
+    def _check(self) -> None:
+        if self.failure:
+            raise RuntimeError(self.failure)
+
+    def wait_http(self, path: str, timeout: float) -> float:
+        """Seconds from the current boot's start until GET path gives 200."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check()
+            with contextlib.suppress(OSError, urllib.error.URLError), \
+                    urllib.request.urlopen(self.url(path), timeout=3) as r:
+                if r.status == 200:
+                    return time.monotonic() - self.boots[-1].started
+            time.sleep(0.5)
+        raise TimeoutError(f"{path} did not answer within {timeout} s; serial log:\n"
+                           + self.serial_log.read_text(errors="replace")[-4000:])
+
+
+def ssh(fw: Firmware, key: Path, command: str, timeout: float = 60) -> str:
+    """Run a command in the guest as root over SSH (key installed by the first-boot file)."""
+    out = subprocess.run(
+        ["ssh", "-i", str(key), "-p", str(fw.ports[22]), "-o", "StrictHostKeyChecking=no",
+         "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
+         "-o", "ConnectTimeout=5", "root@127.0.0.1", command],
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"ssh {command!r} exited {out.returncode}: "
+                           f"{out.stdout.strip()} {out.stderr.strip()}")
+    return out.stdout
+
+
+def copy_card(src: Path, dest: Path) -> Card:
+    """A fresh card per test: a sparse copy of the built image."""
+    subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(src), str(dest)], check=True)
+    return Card(dest)
+
+
+def have_tools() -> str | None:
+    """Why the image tests cannot run here, or None."""
+    for tool in ("qemu-system-x86_64", "mtype", "sfdisk", "mmdebstrap", "genimage", "ssh"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (scripts/setup.sh --test installs it)"
+    if os.geteuid() != 0:
+        return "building the image needs root"
+    return None
