@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tests.api_client import LIGHT
 from tests.daemon_proc import ROOT, free_port
-from tests.uplink_peers import port_open, require, wait_for
+from tests.uplink_peers import require, spawn_nginx
 
 SITE = ROOT / "image" / "rootfs" / "etc" / "nginx" / "conf.d" / "appliance.conf"
 HOTSPOT = "127.0.0.2"  # plays the setup access point's 10.42.0.1
@@ -80,19 +80,8 @@ class Front:
                                "-e", str(self.workdir / "error.log")],
                               capture_output=True, text=True, timeout=30, check=False)
         assert test.returncode == 0, test.stderr
-        with open(self.workdir / "stderr.log", "ab") as err:
-            self.proc = subprocess.Popen(
-                [nginx, "-p", str(self.workdir), "-c", str(self.conf),
-                 "-e", str(self.workdir / "error.log")],
-                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        proc = self.proc
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"nginx exited {proc.returncode}: {self.errors()}")
-            return port_open(self.http_port) and port_open(self.https_port)
-
-        wait_for(up, timeout, "nginx to listen")
+        self.proc = spawn_nginx(self.workdir, self.conf, [self.http_port, self.https_port],
+                                self.errors, timeout)
 
     def reload(self) -> None:
         """What `systemctl reload nginx` does (SIGHUP to the master)."""

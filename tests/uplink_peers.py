@@ -189,6 +189,26 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+def spawn_nginx(workdir: Path, conf: Path, ports: Sequence[int], errors: Callable[[], str],
+                timeout: float) -> subprocess.Popen[bytes]:
+    """nginx in the foreground with `conf`, its prefix and error log in `workdir`, its
+    stderr appended to workdir/stderr.log; returns once every port accepts connections
+    (or raises with `errors()` if nginx exits first)."""
+    with open(workdir / "stderr.log", "ab") as err:
+        proc = subprocess.Popen(
+            [require("nginx"), "-p", str(workdir), "-c", str(conf),
+             "-e", str(workdir / "error.log")],
+            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nginx exited {proc.returncode}: {errors()}")
+        return all(port_open(p) for p in ports)
+
+    wait_for(up, timeout, "nginx to listen")
+    return proc
+
+
 class NginxRtmp:
     """nginx with the RTMP module on 127.0.0.1:`port`, application `live`, recording every
     stream to `record_dir`. Stop and start it again on the same port to play an origin
@@ -254,19 +274,8 @@ class NginxRtmp:
         the start: a client may well connect before this returns."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         started = time.monotonic()
-        with open(self.workdir / "stderr.log", "ab") as err:
-            self.proc = subprocess.Popen(
-                [require("nginx"), "-p", str(self.workdir), "-c", str(self.conf),
-                 "-e", str(self.workdir / "error.log")],
-                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        proc = self.proc
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"nginx exited {proc.returncode}: {self.errors()}")
-            return port_open(self.port) and all(port_open(p) for p in self.tls_ports)
-
-        wait_for(up, timeout, "nginx to listen")
+        self.proc = spawn_nginx(self.workdir, self.conf, [self.port, *self.tls_ports],
+                                self.errors, timeout)
         return started
 
     def stop(self, timeout: float = 10) -> float:

@@ -226,9 +226,9 @@ class Firmware:
         if self._thread:
             self._thread.join(timeout=30)
 
-    def url(self, path: str, scheme: str = "http") -> str:
-        port = self.ports[443 if scheme == "https" else 80]
-        return f"{scheme}://127.0.0.1:{port}{path}"
+    def url(self, path: str) -> str:
+        """The guest's plain-HTTP port (nginx serves /healthz and /live/ there)."""
+        return f"http://127.0.0.1:{self.ports[80]}{path}"
 
     def wait_boots(self, count: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
