@@ -31,6 +31,7 @@ def test_page_uploads_a_bundle_and_shows_the_outcome(on_bus: Rauc,  # noqa: F811
         assert "choose a bundle" in (status.text_content() or "")
         page.locator("#update-file").set_input_files(str(on_bus.bundles.other_ca))
         page.locator("#update-upload").click()
+        assert "choose a bundle" not in (status.text_content() or "")  # the old verdict went
         page.wait_for_function(
             "document.getElementById('update-status').textContent.includes('failed')",
             timeout=30_000)

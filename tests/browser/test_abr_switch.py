@@ -38,11 +38,15 @@ TOP_TIMEOUT_S = 15  # from 'playing' to playing the top rung on an unthrottled l
 SWITCH_TIMEOUT_S = 20
 THROTTLED_PLAY_S = 15
 LIFTED_PLAY_S = 5
-# Stall episodes allowed from throttling until the lowest rung shows: the 0.6 s buffer
-# runs dry while a top-rung part crawls in and is abandoned, and the switch may cost one
-# more. Settled on the lowest rung at most one (CDP's pacing is coarse for 0.2 s parts);
-# lifting may cost one (a switch up).
-SWITCH_STALLS = 2
+# From throttling until the lowest rung shows, the 0.6 s buffer runs dry: hls.js keeps its
+# unthrottled estimate until a top-rung part crawls in at a third of real time, and may
+# step down through the middle rung. Traces here: 0 s frozen (the throttle landed between
+# parts) to 6.7 s with two stall episodes (two busy loops beside the test), and three
+# episodes once in CI. So what is bounded is the time the picture stood still, as a viewer
+# sees it; if hls.js stayed on the top rung it would stand still two thirds of the time.
+# Settled on the lowest rung at most one stall episode (CDP's pacing is coarse for 0.2 s
+# parts); lifting may cost one (a switch up).
+SWITCH_FROZEN_S = 8.0
 SETTLED_STALLS = 1
 LIFTED_STALLS = 1
 
@@ -120,6 +124,12 @@ def play_for(page: Page, seconds: int, diag: list[dict[str, Any]]) -> list[dict[
     return samples
 
 
+def frozen_s(samples: list[dict[str, Any]]) -> float:
+    """Wall time between samples in which the playhead moved less than 0.1 s."""
+    return sum(b["now"] - a["now"] for a, b in zip(samples, samples[1:], strict=False)
+               if b["currentTime"] - a["currentTime"] < 0.1)
+
+
 def assert_kept_playing(samples: list[dict[str, Any]], what: str) -> None:
     first, last = samples[0], samples[-1]
     elapsed = last["now"] - first["now"]
@@ -172,10 +182,12 @@ def test_hls_js_switches_down_stays_down_and_keeps_playing_when_throttled(
         emulate(cdp, THROTTLE_BITS)
         throttled = state(page)
         since = throttled["now"]
+        switching_from = len(diag)
         down = poll(
             page, lambda s: s["level"] == low and s["videoWidth"] == levels[low]["width"],
             SWITCH_TIMEOUT_S, "hls.js did not switch down to the lowest rung", diag)
         switch_s = down["now"] - since
+        switch_frozen_s = frozen_s([throttled, *diag[switching_from:]])
         # It switched for the right reason: its estimate no longer carries the top rung.
         assert down["estimate"] < levels[top]["bitrate"], down
 
@@ -196,12 +208,15 @@ def test_hls_js_switches_down_stays_down_and_keeps_playing_when_throttled(
         stalls = [down["stalls"] - throttled["stalls"],
                   during[-1]["stalls"] - during[0]["stalls"],
                   end["stalls"] - lifted[0]["stalls"]]
-        limits = [SWITCH_STALLS, SETTLED_STALLS, LIFTED_STALLS]
-        assert all(n <= limit for n, limit in zip(stalls, limits, strict=True)), (
+        assert switch_frozen_s <= SWITCH_FROZEN_S, (
+            f"the picture stood still {switch_frozen_s:.1f} s while switching "
+            f"({stalls[0]} stalls)", diag[switching_from:])
+        assert stalls[1] <= SETTLED_STALLS and stalls[2] <= LIFTED_STALLS, (
             f"stalls switching, settled, lifted: {stalls}", during + lifted)
         assert not page_errors, page_errors
         print(f"\nthrottled to {THROTTLE_BITS} bit/s: on the lowest rung after {switch_s:.1f} s "
-              f"(estimate {down['estimate']:.0f} bit/s), stayed there {THROTTLED_PLAY_S} s; "
+              f"(estimate {down['estimate']:.0f} bit/s, picture still {switch_frozen_s:.1f} s), "
+              f"stayed there {THROTTLED_PLAY_S} s; "
               f"stalls switching, settled, lifted: {stalls}; {LIFTED_PLAY_S} s after lifting: "
               f"level {end['level']}, estimate {end['estimate']:.0f} bit/s; levels {levels}")
     except AssertionError:

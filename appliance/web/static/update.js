@@ -77,6 +77,8 @@ document.addEventListener('DOMContentLoaded', () => {
       show({ state: 'failed', percent: 0, message: 'choose a bundle (.raucb) first' });
       return;
     }
+    // Replace the last verdict at once, before the first progress event arrives.
+    show({ state: 'downloading', percent: 0, message: file.name });
     upload(file);
   });
   follow();
