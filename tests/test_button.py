@@ -288,8 +288,10 @@ def test_device_components_start_and_stop(factory: MockFactory, device: dict[str
     assert time.monotonic() - t0 < 0.5
     try:
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not {"leds", "button", "modem", "thermal"} <= set(
-                hub.snapshot()["sections"]):
+        # The LEDs' section appears at start; their first pattern follows from their thread.
+        while time.monotonic() < deadline and not (
+                {"leds", "button", "modem", "thermal"} <= set(hub.snapshot()["sections"])
+                and "green" in hub.snapshot()["sections"]["leds"]):
             time.sleep(0.02)
         sections = hub.snapshot()["sections"]
         assert sections["leds"]["green"] == "blink-1hz"  # starting

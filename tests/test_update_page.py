@@ -27,6 +27,11 @@ def test_page_uploads_a_bundle_and_shows_the_outcome(on_bus: Rauc,  # noqa: F811
         login_browser(page, d.url)
         page.goto(d.url + "/settings")
         status = page.locator("#update-status")
+        # The page has asked for the update state (which would replace a verdict shown
+        # before it arrives).
+        page.wait_for_function(
+            "!document.getElementById('update-version').textContent.includes('Loading')")
+        assert status.text_content() == ""  # idle: nothing to say
         page.locator("#update-upload").click()  # nothing chosen: said so, nothing sent
         assert "choose a bundle" in (status.text_content() or "")
         page.locator("#update-file").set_input_files(str(on_bus.bundles.other_ca))

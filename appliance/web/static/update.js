@@ -24,8 +24,8 @@ function show(change) {
     rebooting: 'Installed: rebooting into the new version (the page comes back by itself)',
     failed: 'The update failed',
   };
-  $('update-status').textContent = [words[u.state] || u.state, u.message].filter(Boolean)
-    .join(': ');
+  $('update-status').textContent = [u.state in words ? words[u.state] : u.state, u.message]
+    .filter(Boolean).join(': ');
   $('update-status').className = u.state === 'failed' ? 'field-error' : '';
   return busy;
 }
