@@ -328,7 +328,7 @@ class Daemon:
         if self.pipeline:
             await asyncio.to_thread(self.pipeline.stop)
         for p in self.packagers:
-            await asyncio.to_thread(p.stop)
+            p.stop()
         self.uplinks = self.recorder = self.pipeline = None
         self.packagers = []
 

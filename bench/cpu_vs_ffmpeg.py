@@ -81,6 +81,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime, all threads
 
 
+def context_switches(pid: int) -> int:
+    """Context switches of the process's live threads so far: each is a thread going to
+    sleep or being preempted, a cost the CPU time of a many-threaded process includes."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            lines = status.read_text().splitlines()
+        except OSError:  # the thread ended meanwhile
+            continue
+        total += sum(int(line.split()[1]) for line in lines
+                     if "ctxt_switches:" in line)
+    return total
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -93,10 +107,15 @@ class Run:
     cpu_s: float  # CPU seconds over the measured window
     wall_s: float
     rss_mb: float  # peak RSS of the whole run
+    switches: int  # context switches over the measured window
 
     @property
     def percent(self) -> float:
         return self.cpu_s / self.wall_s * 100
+
+    @property
+    def switches_per_s(self) -> float:
+        return self.switches / self.wall_s
 
 
 def measure(proc: subprocess.Popen[bytes], warmup: float, seconds: float,
@@ -109,10 +128,10 @@ def measure(proc: subprocess.Popen[bytes], warmup: float, seconds: float,
     after_warmup()
     if start is not None:
         start.wait(timeout=60)
-    c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+    s0, c0, t0 = context_switches(proc.pid), cpu_seconds(proc.pid), time.monotonic()
     time.sleep(seconds)
-    c1, t1 = cpu_seconds(proc.pid), time.monotonic()
-    return Run(c1 - c0, t1 - t0, peak_rss_mb(proc.pid))
+    c1, t1, s1 = cpu_seconds(proc.pid), time.monotonic(), context_switches(proc.pid)
+    return Run(c1 - c0, t1 - t0, peak_rss_mb(proc.pid), s1 - s0)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -352,10 +371,11 @@ def main() -> None:
     print(f"\n{rungs} x264 {PRESET} zerolatency, {FPS} fps + AAC {AUDIO_KBPS}k; "
           f"{args.rounds} rounds of {args.seconds:.0f} s each"
           + (", appliance and ffmpeg at once" if args.together else ""))
-    print(f"{'':12} {'CPU s/round':>12} {'CPU % of a core':>16} {'peak RSS MB':>12}")
+    print(f"{'':12} {'CPU s/round':>12} {'CPU % of a core':>16} {'peak RSS MB':>12} "
+          f"{'switches/s':>11}")
     for name, runs in (("appliance", [a for a, _ in rows]), ("ffmpeg", [f for _, f in rows])):
         print(f"{name:12} {med(x.cpu_s for x in runs):12.1f} {med(x.percent for x in runs):16.1f}"
-              f" {max(x.rss_mb for x in runs):12.1f}")
+              f" {max(x.rss_mb for x in runs):12.1f} {med(x.switches_per_s for x in runs):11.0f}")
     print(f"ratio CPU appliance/ffmpeg: median {med(ratios):.3f}, min {min(ratios):.3f}, "
           f"max {max(ratios):.3f}  (target <= 1.10)")
     # The appliance also draws the synthetic picture and tone, which ffmpeg only reads;

@@ -46,3 +46,21 @@ def test_track_filter_and_close_wakes_reader() -> None:
     assert not reader.is_alive() and result == [None]
     bus.publish(pkt("audio", 2, True))  # a closed subscriber no longer receives
     assert sub.get(timeout=0) is None
+
+
+def test_tap_sees_its_track_in_the_publishing_thread_until_removed() -> None:
+    bus = MediaBus()
+    seen: list[tuple[str, int, str]] = []
+    remove = bus.tap("v", lambda p: seen.append((p.track, p.pts, threading.current_thread().name)))
+    sub = bus.subscribe({"v"})
+    publisher = threading.Thread(target=lambda: [bus.publish(pkt(t, n, True))
+                                                 for n, t in enumerate(["v", "audio", "v"])],
+                                 name="capture-test")
+    publisher.start()
+    publisher.join()
+    assert seen == [("v", 0, "capture-test"), ("v", 2, "capture-test")]
+    remove()
+    bus.publish(pkt("v", 3, True))
+    assert len(seen) == 2
+    # Queued subscribers are unaffected by taps.
+    assert [p.pts for p in iter(lambda: sub.get(timeout=0), None)] == [0, 2, 3]

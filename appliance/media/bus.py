@@ -3,12 +3,17 @@
 Live media never waits: `publish` never blocks, each subscriber has its own
 bounded queue, and a subscriber that falls behind loses the oldest media — for
 video up to the next keyframe, so what it does get still decodes.
+
+A tap is the other kind of consumer: a function called in the publisher's thread, for
+work that is cheap and never blocks (muxing into memory). It costs no thread wake-up per
+packet, which a queue does.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 
 from appliance.media.packet import EncodedPacket, TrackInfo
 
@@ -68,6 +73,7 @@ class MediaBus:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subs: list[Subscription] = []
+        self._taps: dict[str, list[Callable[[EncodedPacket], None]]] = {}
         self.tracks: dict[str, TrackInfo] = {}
 
     def add_track(self, info: TrackInfo) -> None:
@@ -90,9 +96,23 @@ class MediaBus:
             if sub in self._subs:
                 self._subs.remove(sub)
 
+    def tap(self, track: str, fn: Callable[[EncodedPacket], None]) -> Callable[[], None]:
+        """Call `fn(pkt)` for each packet of `track`, in the publishing thread, before the
+        queued subscribers get it. `fn` must not block or raise. Returns the remover."""
+        with self._lock:
+            self._taps.setdefault(track, []).append(fn)
+
+        def remove() -> None:
+            with self._lock:
+                self._taps[track].remove(fn)
+        return remove
+
     def publish(self, pkt: EncodedPacket) -> None:
         with self._lock:
+            taps = tuple(self._taps.get(pkt.track, ()))
             subs = list(self._subs)
+        for fn in taps:
+            fn(pkt)
         for sub in subs:
             if sub.wants(pkt.track):
                 sub.put(pkt)

@@ -1,15 +1,15 @@
-"""Runs one CMAF muxer per track on its own thread and publishes the parts to the store."""
+"""One CMAF muxer per track, fed in the capture thread (a bus tap); parts go to the store
+on the event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Callable
 
 from appliance.config.schema import Packager as PackagerConfig
-from appliance.media.bus import MediaBus, Subscription
-from appliance.media.packet import TrackInfo
+from appliance.media.bus import MediaBus
+from appliance.media.packet import EncodedPacket, TrackInfo
 from appliance.package.cmaf import CmafMuxer, MuxedPart
 from appliance.package.store import SegmentStore, TrackStore
 from appliance.status import StatusHub
@@ -21,43 +21,45 @@ class TrackPackager:
     def __init__(self, info: TrackInfo, cfg: PackagerConfig, bus: MediaBus, store: SegmentStore,
                  hub: StatusHub, loop: asyncio.AbstractEventLoop,
                  on_fatal: Callable[[BaseException], None], first_msn: int = 0):
+        """`on_fatal` is called from the capture thread: it must be thread-safe."""
         self.info = info
+        self.bus = bus
         self.store = store
         self.hub = hub
         self.loop = loop
         self.on_fatal = on_fatal
         self.muxer = CmafMuxer(info, cfg.part_s, cfg.segment_s)
         self.track = TrackStore(info, cfg.part_s, cfg.segment_s, cfg.window_s, first_msn)
-        self.sub: Subscription = bus.subscribe({info.name}, maxlen=int(10 * cfg.segment_s * 60))
         self.parts = 0
-        self._thread = threading.Thread(target=self._run, name=f"package-{info.name}", daemon=True)
+        self._init_sent = False
+        self._failed = False
+        self._untap: Callable[[], None] | None = None
 
     def start(self) -> None:
-        self._thread.start()
+        self._untap = self.bus.tap(self.info.name, self._feed)
 
     def stop(self) -> None:
-        self.sub.close()
-        self._thread.join(timeout=5)
+        if self._untap is not None:
+            self._untap()
+            self._untap = None
 
-    def _run(self) -> None:
-        init_sent = False
+    def _feed(self, pkt: EncodedPacket) -> None:
+        """On the capture thread that published `pkt` (a bus tap)."""
+        if self._failed:
+            return
         try:
-            while True:
-                pkt = self.sub.get()
-                if pkt is None:
-                    if self.sub.closed:
-                        return
-                    continue
-                parts = self.muxer.feed(pkt)
-                if not init_sent and self.muxer.init is not None:
-                    # call_soon_threadsafe keeps order: the init lands before any part.
-                    self.loop.call_soon_threadsafe(self._publish_init, self.muxer.init)
-                    init_sent = True
-                for part in parts:
-                    self.loop.call_soon_threadsafe(self._publish_part, part)
+            parts = self.muxer.feed(pkt)
         except Exception as exc:  # a muxer failure is a bug: end the daemon loudly
+            self._failed = True
             log.exception("packager %s failed", self.info.name)
-            self.loop.call_soon_threadsafe(self.on_fatal, exc)
+            self.on_fatal(exc)
+            return
+        if not self._init_sent and self.muxer.init is not None:
+            # call_soon_threadsafe keeps order: the init lands before any part.
+            self.loop.call_soon_threadsafe(self._publish_init, self.muxer.init)
+            self._init_sent = True
+        for part in parts:
+            self.loop.call_soon_threadsafe(self._publish_part, part)
 
     # -- on the event loop ----------------------------------------------------------
 
@@ -71,5 +73,5 @@ class TrackPackager:
                             part.new_segment, part.wall_ns)
         self.parts += 1
         self.hub.update(f"package.{self.info.name}", parts=self.parts,
-                        bytes=self.track.bytes_total, dropped=self.sub.dropped,
+                        bytes=self.track.bytes_total,
                         live_edge_s=round(part.start + part.duration, 3))
