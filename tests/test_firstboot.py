@@ -29,7 +29,8 @@ from cryptography.x509.oid import NameOID
 from appliance.config.load import load
 from appliance.credentials import CredentialStore
 from appliance.provision import firstboot
-from appliance.provision.firstboot import SetupFile, WifiNetwork, parse, wifi_keyfile
+from appliance.provision.firstboot import wifi_keyfile
+from appliance.provision.setup_file import SetupFile, WifiNetwork, parse
 from appliance.web.masking import secret_values
 from tests.api_client import LIGHT, admin
 from tests.daemon_proc import running_daemon

@@ -247,7 +247,7 @@ def test_firstboot_unit(tmp_path: Path) -> None:
     """appliance-firstboot.service (issue 8): the setup file applied after the file systems
     are up and before networking and the daemon, by a command line the CLI takes."""
     from appliance.provision import firstboot
-    from appliance.provision.firstboot import SETUP_FILE
+    from appliance.provision.setup_file import SETUP_FILE
 
     analyze = tool("systemd-analyze")
     name = "appliance-firstboot.service"
