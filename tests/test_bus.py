@@ -53,9 +53,12 @@ def test_tap_sees_its_track_in_the_publishing_thread_until_removed() -> None:
     seen: list[tuple[str, int, str]] = []
     remove = bus.tap("v", lambda p: seen.append((p.track, p.pts, threading.current_thread().name)))
     sub = bus.subscribe({"v"})
-    publisher = threading.Thread(target=lambda: [bus.publish(pkt(t, n, True))
-                                                 for n, t in enumerate(["v", "audio", "v"])],
-                                 name="capture-test")
+
+    def capture() -> None:
+        for n, track in enumerate(["v", "audio", "v"]):
+            bus.publish(pkt(track, n, True))
+
+    publisher = threading.Thread(target=capture, name="capture-test")
     publisher.start()
     publisher.join()
     assert seen == [("v", 0, "capture-test"), ("v", 2, "capture-test")]
