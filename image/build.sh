@@ -53,6 +53,16 @@ if [[ -z $VERSION ]]; then
     VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/pyproject.toml" | head -1)
 fi
 [[ $VERSION =~ ^[0-9]+(\.[0-9]+)*$ ]] || die "--version '$VERSION' is not dotted numbers"
+# The CPU's name in wheel tags and binfmt_misc; the GPT type of the slots, "Linux root
+# (this arch)", so systemd-repart (image/rootfs/usr/lib/repart.d) matches only data
+# ("Linux filesystem"), the one partition it grows.
+case $ARCH in
+    amd64) CPU=x86_64 ROOT_TYPE=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709 ;;
+    arm64) CPU=aarch64 ROOT_TYPE=B921B045-1DF0-41C3-AF44-4C6F280D3FAE ;;
+    *) die "flavour $FLAVOUR: unsupported architecture $ARCH" ;;
+esac
+FOREIGN=0
+[[ $ARCH == "$(dpkg --print-architecture)" ]] || FOREIGN=1
 CACHE=${APPLIANCE_IMAGE_CACHE:-/var/cache/appliance-image}
 mkdir -p "$OUT" "$CACHE"
 OUT=$(cd "$OUT" && pwd)
@@ -80,12 +90,24 @@ need_tools() {
         tool=${pair%%:*} pkg=${pair#*:}
         command -v "$tool" >/dev/null 2>&1 || missing+=("$pkg")
     done
-    if [[ $ARCH != "$(dpkg --print-architecture)" ]] && [[ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]]; then
-        missing+=(qemu-user-static binfmt-support)
+    # A foreign architecture's chroot runs its programs through qemu-user, registered with
+    # binfmt_misc (the package's install registers it once binfmt_misc is mounted);
+    # mmdebstrap checks that with arch-test.
+    if ((FOREIGN)); then
+        command -v "qemu-$CPU-static" >/dev/null 2>&1 || missing+=(qemu-user-static binfmt-support)
+        command -v arch-test >/dev/null 2>&1 || missing+=(arch-test)
+        [[ -e /proc/sys/fs/binfmt_misc/register ]] ||
+            mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc ||
+            die "cannot mount binfmt_misc (a container without the right?): run 'mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc' as root on the host"
     fi
     if ((${#missing[@]})); then
         say "installing build tools: ${missing[*]}"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2
+    fi
+    if ((FOREIGN)) && [[ $(head -1 "/proc/sys/fs/binfmt_misc/qemu-$CPU" 2>/dev/null) != enabled ]]; then
+        say "registering qemu-$CPU with binfmt_misc"
+        update-binfmts --enable "qemu-$CPU" >&2 ||
+            die "qemu-$CPU is not registered with binfmt_misc and 'update-binfmts --enable qemu-$CPU' failed"
     fi
 }
 need_tools
@@ -104,13 +126,13 @@ PIP="$ROOT/.venv/bin/pip"
 [[ -x $PIP ]] || die "$ROOT/.venv is missing: run scripts/setup.sh first (it makes the venv the wheels are built with)"
 say "building the appliance wheel and its dependencies' wheels"
 mkdir -p "$WORK/wheels"
-if [[ $ARCH == "$(dpkg --print-architecture)" ]]; then
-    "$PIP" wheel -q --wheel-dir "$WORK/wheels" "$ROOT" >&2
-else
-    # Foreign architecture: only our own wheel here; the chroot installs the rest from
-    # PyPI at the versions this machine resolved (requirements below).
+if ((FOREIGN)); then
+    # Foreign architecture: only our own (pure Python) wheel is used from here; the rest
+    # are resolved here and fetched for $ARCH with the base (step 2).
     "$PIP" wheel -q --no-deps --wheel-dir "$WORK/wheels" "$ROOT" >&2
     "$PIP" wheel -q --wheel-dir "$WORK/resolve" "$ROOT" >&2
+else
+    "$PIP" wheel -q --wheel-dir "$WORK/wheels" "$ROOT" >&2
 fi
 APP_WHEEL=$(ls "$WORK"/wheels/appliance-*.whl)
 # name==version of every dependency, from the wheel file names (PEP 427: name-version-...).
@@ -128,11 +150,29 @@ if [[ -f $BASE ]]; then
 else
     say "base root filesystem: building with mmdebstrap ($FLAVOUR, $ARCH; a few minutes)"
     cp "$WORK/requirements.txt" "$WORK/wheels/requirements.txt"
+    if ((FOREIGN)); then
+        # The dependencies' wheels for $ARCH from PyPI, for the Python and glibc of this
+        # machine (the same Debian release as the image, as the native build assumes):
+        # pip under emulation would take many times longer. What has no such wheel
+        # (systemd-python) comes as an sdist, built in the chroot (the hook below).
+        py=$("$ROOT/.venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+        glibc=$(getconf GNU_LIBC_VERSION | sed 's/.*\.//')
+        platforms=()
+        for ((v = 17; v <= glibc; v++)); do platforms+=(--platform "manylinux_2_${v}_${CPU}"); done
+        say "fetching the dependencies' wheels for $ARCH (Python $py, glibc 2.$glibc)"
+        "$PIP" download -q --no-deps --dest "$WORK/wheels" "${platforms[@]}" \
+            --python-version "$py" --implementation cp --abi "cp${py/./}" --abi abi3 --abi none \
+            -r "$WORK/requirements.txt" >&2
+    fi
     site=()
     ((VENV_SYSTEM_SITE)) && site=(--system-site-packages)
     keyring=()
     [[ -n ${RPI_KEYRING:-} ]] && keyring=(--keyring="$RPI_KEYRING")
-    build_deps="gcc pkg-config python3-dev libsystemd-dev"
+    # What the chroot needs to build the sdists among the wheels (foreign builds only).
+    build_deps=""
+    if compgen -G "$WORK/wheels/*.tar.gz" >/dev/null; then
+        build_deps="gcc pkg-config python3-dev libsystemd-dev"
+    fi
     mmdebstrap --mode=root --variant=minbase --architectures="$ARCH" "${keyring[@]}" \
         --include="$(IFS=,; echo "${PACKAGES[*]},${KERNEL_PACKAGES[*]}${FLAVOUR_PACKAGES[*]:+,${FLAVOUR_PACKAGES[*]}}")" \
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
@@ -140,13 +180,9 @@ else
         --dpkgopt='path-exclude=/usr/share/info/*' \
         --customize-hook="mkdir -p \"\$1/tmp/wheels\" && cp -a '$WORK/wheels/.' \"\$1/tmp/wheels/\"" \
         --customize-hook="chroot \"\$1\" python3 -m venv ${site[*]} /opt/appliance/.venv" \
-        --customize-hook="if [ '$ARCH' = '$(dpkg --print-architecture)' ]; then
-                chroot \"\$1\" /opt/appliance/.venv/bin/pip install -q --no-index --find-links /tmp/wheels -r /tmp/wheels/requirements.txt;
-            else
-                chroot \"\$1\" apt-get install -y -q $build_deps &&
-                chroot \"\$1\" /opt/appliance/.venv/bin/pip install -q -r /tmp/wheels/requirements.txt &&
-                chroot \"\$1\" apt-get purge -y -q --auto-remove $build_deps;
-            fi" \
+        --customize-hook="${build_deps:+chroot \"\$1\" apt-get install -y -q $build_deps && }chroot \"\$1\" \
+            /opt/appliance/.venv/bin/pip install -q --no-index --find-links /tmp/wheels -r /tmp/wheels/requirements.txt \
+            ${build_deps:+&& chroot \"\$1\" apt-get purge -y -q --auto-remove $build_deps}" \
         --customize-hook='rm -rf "$1/tmp/wheels" "$1/root/.cache" "$1/var/cache/apt/archives/"*.deb "$1/var/lib/apt/lists/"*' \
         "$SUITE" "$WORK/base.tar" "${MIRRORS[@]}" >&2
     mv "$WORK/base.tar" "$BASE"
@@ -260,13 +296,6 @@ cp "$WORK/boot"/* "$WORK/boot_b/"
 sed -i 's/system_a/system_b/; s/rauc.slot=a/rauc.slot=b/' "$WORK/boot_b/cmdline.txt"
 mkfs_vfat "$WORK/boot_b" "$BOOT_MB" "$WORK/boot_b.vfat" BOOT
 
-# GPT types: slots are "Linux root (this arch)", data "Linux filesystem", so systemd-repart
-# (image/rootfs/usr/lib/repart.d) matches only data, the one partition it grows.
-case $ARCH in
-    amd64) ROOT_TYPE=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709 ;;
-    arm64) ROOT_TYPE=B921B045-1DF0-41C3-AF44-4C6F280D3FAE ;;
-    *) die "no GPT root type for $ARCH" ;;
-esac
 cat >"$WORK/genimage.cfg" <<EOF
 image disk.img {
     hdimage { partition-table-type = "gpt" align = 1M }

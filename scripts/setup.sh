@@ -162,8 +162,11 @@ if ((WITH_TEST)); then
         is_installed "$pkg" || MISSING+=("$pkg")
     done
     # The image tests (tests/image/): image/build.sh's tools (mmdebstrap, genimage, fdisk),
-    # QEMU to boot it, and ssh/scp to look inside.
-    for pkg in mmdebstrap genimage fdisk qemu-system-x86 openssh-client; do
+    # QEMU to boot it, and ssh/scp to look inside. ci-arm64 (slow tests) is built under
+    # qemu-user (binfmt_misc, checked by mmdebstrap with arch-test) and boots in
+    # qemu-system-aarch64 (qemu-system-arm).
+    for pkg in mmdebstrap genimage fdisk qemu-system-x86 openssh-client \
+        qemu-user-static binfmt-support arch-test qemu-system-arm; do
         is_installed "$pkg" || MISSING+=("$pkg")
     done
     # The fleet tests (issue 7): the MQTT broker, the MQTT-to-Prometheus bridge,

@@ -4,6 +4,7 @@ and the RAUC bundles the update tests install."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -31,27 +32,32 @@ if _missing:
 class Image:
     dir: Path
     pki: Path  # dev CA (the image's keyring) + signing cert; other/ another CA
+    build_s: float  # how long image/build.sh took
 
     @property
     def disk(self) -> Path:
         return self.dir / "disk.img"
 
 
-@pytest.fixture(scope="session")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
-    d = tmp_path_factory.mktemp("image")
+def build_image(flavour: str, d: Path) -> Image:
     pki = d / "pki"
     for name, cn in (("dev", "appliance dev CA"), ("other", "someone else's CA")):
         subprocess.run([ROOT / "image/rauc/dev-ca.sh", pki / name, cn], check=True)
     started = time.monotonic()
     out = subprocess.run(
-        ["bash", ROOT / "image/build.sh", "--flavour", "ci-amd64", "--out", d / "out",
+        ["bash", ROOT / "image/build.sh", "--flavour", flavour, "--out", d / "out",
          "--keyring", pki / "dev/ca.cert.pem", "--version", IMAGE_VERSION],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     assert out.returncode == 0, out.stdout[-6000:]
-    print(f"\nimage built in {time.monotonic() - started:.0f} s", file=sys.stderr)
-    return Image(d / "out", pki)
+    build_s = time.monotonic() - started
+    print(f"\n{flavour} image built in {build_s:.0f} s", file=sys.stderr)
+    return Image(d / "out", pki, build_s)
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
+    return build_image("ci-amd64", tmp_path_factory.mktemp("image"))
 
 
 def rootfs_variant(src: Path, dest: Path, version: str, files: dict[str, str]) -> Path:
@@ -138,13 +144,22 @@ def device(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
     """One card for the session: its first boot (test_image_boot.py checks it), then the
     updates (test_image_update.py, in order). A card with room on /data for a bundle (the
     image has 128 MB there, grown to the card's end at the first boot)."""
-    dev = new_device(image, tmp_path_factory.mktemp("device"), grow_mb=3072,
-                     hostname=HOSTNAME)
+    with booted(image, tmp_path_factory.mktemp("device"), live_timeout=400, grow_mb=3072,
+                hostname=HOSTNAME) as dev:
+        yield dev
+
+
+@contextlib.contextmanager
+def booted(image: Image, workdir: Path, live_timeout: float, grow_mb: int = 0,
+           **setup: str) -> Iterator[Device]:
+    """new_device() once /healthz answers (`live_after`), shut down cleanly at the end
+    (which keeps the journal on /data for a post-mortem)."""
+    dev = new_device(image, workdir, grow_mb, **setup)
     try:
-        dev.live_after = dev.fw.wait_http("/healthz", timeout=400)
+        dev.live_after = dev.fw.wait_http("/healthz", timeout=live_timeout)
         yield dev
     finally:
-        dev.fw.shutdown(timeout=60)  # a clean shutdown keeps the journal for a post-mortem
+        dev.fw.shutdown(timeout=60)
 
 
 def new_device(image: Image, workdir: Path, grow_mb: int = 0, **setup: str) -> Device:

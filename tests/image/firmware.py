@@ -1,4 +1,5 @@
-"""A booted ci-amd64 image in QEMU, with this module playing the Raspberry Pi firmware.
+"""A booted ci-amd64 or ci-arm64 image in QEMU, with this module playing the Raspberry Pi
+firmware.
 
 On a Pi 4/5 the firmware reads `autoboot.txt` on partition 1 and boots the partition named
 by `[all] boot_partition`, or, once, the `[tryboot]` one after `reboot "0 tryboot"`. The
@@ -7,7 +8,8 @@ boot it reads autoboot.txt from the card's bootsel partition, consumes the one-s
 file `tryboot.flag` there (the guest's stand-in for the reboot argument, written by
 appliance/update/tryboot.py), and boots the kernel, initrd and cmdline.txt of the chosen
 vfat partition. QEMU runs with -no-reboot, so a guest reboot ends the process and the loop
-boots again, as a board would.
+boots again, as a board would. The card's architecture (the GPT type of its root slots)
+picks the emulated machine: a PC, or the aarch64 `virt` board for ci-arm64.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import configparser
 import contextlib
 import json
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -33,9 +36,33 @@ SECTOR = 512
 
 
 @dataclass(frozen=True)
+class Machine:
+    """What differs between the architectures' QEMU; a boot is otherwise the same."""
+
+    qemu: str
+    uname: str  # platform.machine() of a host that can run it with KVM
+    board: tuple[str, ...]
+    cpu: str  # under TCG
+
+
+MACHINES = {
+    "amd64": Machine("qemu-system-x86_64", "x86_64", (), "max"),
+    # The Pi 4's core; under TCG also cheaper than "max", whose pointer authentication is
+    # slow to emulate.
+    "arm64": Machine("qemu-system-aarch64", "aarch64", ("-M", "virt"), "cortex-a72"),
+}
+# GPT type of the root slots, "Linux root (arch)", as image/build.sh sets it.
+ROOT_TYPES = {
+    "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709": "amd64",
+    "B921B045-1DF0-41C3-AF44-4C6F280D3FAE": "arm64",
+}
+
+
+@dataclass(frozen=True)
 class Partition:
     number: int
     label: str
+    type: str  # GPT type UUID
     offset: int  # bytes
     size: int  # bytes
 
@@ -49,7 +76,7 @@ class Card:
             ["sfdisk", "--json", str(path)], check=True, capture_output=True, text=True,
         ).stdout)["partitiontable"]
         self.partitions = [
-            Partition(int(p["node"].rsplit("img", 1)[1]), p.get("name", ""),
+            Partition(int(p["node"].rsplit("img", 1)[1]), p.get("name", ""), p["type"].upper(),
                       p["start"] * SECTOR, p["size"] * SECTOR)
             for p in table["partitions"]
         ]
@@ -59,6 +86,11 @@ class Card:
             if key in (p.number, p.label):
                 return p
         raise KeyError(f"no partition {key!r} on {self.path}")
+
+    @property
+    def arch(self) -> str:
+        """The Debian architecture the card's system is built for."""
+        return ROOT_TYPES[self.partition("system_a").type]
 
     def _img(self, key: int | str) -> str:
         return f"{self.path}@@{self.partition(key).offset}"
@@ -127,12 +159,13 @@ class Boot:
     ended: float | None = None
 
 
-def accel() -> list[str]:
-    """TCG unless APPLIANCE_QEMU_KVM=1: a /dev/kvm that opens is no proof nested KVM works
-    (on this project's CI machines QEMU with KVM hangs before the kernel prints a line)."""
-    if os.environ.get("APPLIANCE_QEMU_KVM") == "1":
+def accel(machine: Machine) -> list[str]:
+    """TCG unless APPLIANCE_QEMU_KVM=1 on a host of the guest's architecture: a /dev/kvm
+    that opens is no proof nested KVM works (on this project's CI machines QEMU with KVM
+    hangs before the kernel prints a line)."""
+    if os.environ.get("APPLIANCE_QEMU_KVM") == "1" and platform.machine() == machine.uname:
         return ["-enable-kvm", "-cpu", "host"]
-    return ["-cpu", "max"]
+    return ["-cpu", machine.cpu]
 
 
 @dataclass
@@ -178,13 +211,15 @@ class Firmware:
             cmdline = (self.card.read(number, "cmdline.txt") or b"").decode().strip()
             boot = Boot(number, tryboot, cmdline, time.monotonic())
             self.boots.append(boot)
+            machine = MACHINES[self.card.arch]
             fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for g, h in self.ports.items())
             with self.serial_log.open("ab") as log:
                 log.write(f"\n==== firmware: boot partition {number}"
                           f"{' (tryboot)' if tryboot else ''}: {cmdline}\n".encode())
                 log.flush()
                 self._proc = subprocess.Popen(
-                    ["qemu-system-x86_64", *accel(), "-m", str(self.memory_mb), "-smp", "2",
+                    [machine.qemu, *machine.board, *accel(machine),
+                     "-m", str(self.memory_mb), "-smp", "2",
                      "-no-reboot", "-nographic", "-monitor", "none", "-serial", "stdio",
                      "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
                      "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
@@ -276,9 +311,9 @@ def copy_card(src: Path, dest: Path) -> Card:
     return Card(dest)
 
 
-def have_tools() -> str | None:
-    """Why the image tests cannot run here, or None."""
-    for tool in ("qemu-system-x86_64", "mtype", "sfdisk", "mmdebstrap", "genimage", "ssh"):
+def have_tools(arch: str = "amd64") -> str | None:
+    """Why the image tests of this architecture cannot run here, or None."""
+    for tool in (MACHINES[arch].qemu, "mtype", "sfdisk", "mmdebstrap", "genimage", "ssh"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (scripts/setup.sh --test installs it)"
     if os.geteuid() != 0:
