@@ -398,12 +398,16 @@ def test_every_rung_is_encoded_with_aligned_keyframes(
     common = min(len(run.packets[n]) for n in names)
     assert len({tuple(p.pts for p in run.packets[n][:common]) for n in names}) == 1
 
-    # Capture times come from the sensor timestamps, to within the half-frame snap.
+    # Capture times come from the sensor timestamps, to within the half-frame snap. On a
+    # loaded machine the stand-in loses frames as a sensor does (it keeps its cadence), and
+    # the encoder repeats the last picture in their slots at the slot's time: only such
+    # repeats may lie farther from every sensor timestamp.
     (camera,) = camera_module.instances
     sensor_wall = sorted(camera.sensor_wall.values())
-    for p in run.packets["480p"][:30]:
-        nearest = min(sensor_wall, key=lambda t: abs(t - p.capture_ns))
-        assert abs(nearest - p.capture_ns) < 20_000_000
+    off_ms = [min(abs(t - p.capture_ns) for t in sensor_wall) / 1e6
+              for p in run.packets["480p"][:30]]
+    repeated = run.hub.snapshot()["sections"]["encode.480p"]["repeated_frames"]
+    assert sum(ms >= 20 for ms in off_ms) <= repeated, (off_ms, repeated)
 
     # Every rung decodes, at its size; the lores-fed one shows no stride padding.
     for n, (w, h) in zip(names, [(1280, 720), (854, 480), (640, 360)], strict=True):
