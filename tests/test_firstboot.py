@@ -99,6 +99,16 @@ def run_cli(device: dict[str, Path]) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
 
 
+def refused(device: dict[str, Path], setup: str) -> list[str]:
+    """Write `setup` as the card's file and run first boot, which must refuse it: the errors
+    it reported."""
+    device["setup"].write_text(setup)
+    assert firstboot.run(device["boot"], device["root"]) == 2
+    errors: list[str] = json.loads(
+        (device["state"] / firstboot.REPORT_FILE).read_text())["errors"]
+    return errors
+
+
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file()}
@@ -225,51 +235,41 @@ def test_fleet_certificate_problems_are_named(device: dict[str, Path],
                                               pki: dict[str, str]) -> None:
     (device["boot"] / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nnope\n"
                                            "-----END CERTIFICATE-----\n")
-    device["setup"].write_text(f'''[fleet]
+    errors = refused(device, f'''[fleet]
 broker = "mqtts://fleet.example.com:8883"
 device_id = "camera-01"
 ca_file = "ca.pem"
 cert = """{pki["cert"]}"""
 key = """{pki["other_key"]}"""
 ''')
-    assert firstboot.run(device["boot"], device["root"]) == 2
-    errors = json.loads((device["state"] / firstboot.REPORT_FILE).read_text())["errors"]
     assert [e for e in errors if e.startswith("fleet.ca: not a PEM CA certificate")], errors
     assert [e for e in errors if e.startswith("fleet.cert: certificate and key do not load "
                                               "together")], errors
     assert not [e for e in errors if pki["other_key"].splitlines()[1] in e]
-    device["setup"].write_text('''[fleet]
+    errors = refused(device, '''[fleet]
 broker = "mqtts://fleet.example.com"
 device_id = "camera-01"
 cert_file = "missing.crt"
 ''')
-    assert firstboot.run(device["boot"], device["root"]) == 2
-    errors = json.loads((device["state"] / firstboot.REPORT_FILE).read_text())["errors"]
     assert len(errors) == 1 and errors[0].startswith("fleet.key: a client certificate needs")
-    device["setup"].write_text('''[fleet]
+    errors = refused(device, '''[fleet]
 broker = "mqtts://fleet.example.com"
 device_id = "camera-01"
 cert_file = "missing.crt"
 key_file = "../etc/key.pem"
 ''')
-    assert firstboot.run(device["boot"], device["root"]) == 2
-    errors = json.loads((device["state"] / firstboot.REPORT_FILE).read_text())["errors"]
     assert errors[0].startswith("fleet.key_file: the name of a file next to")
-    device["setup"].write_text('''[fleet]
+    errors = refused(device, '''[fleet]
 broker = "mqtts://fleet.example.com"
 device_id = "camera-01"
 cert_file = "missing.crt"
 key_file = "missing.key"
 ''')
-    assert firstboot.run(device["boot"], device["root"]) == 2
-    errors = json.loads((device["state"] / firstboot.REPORT_FILE).read_text())["errors"]
     assert errors == ["fleet.cert_file: cannot read missing.crt: No such file or directory",
                       "fleet.key_file: cannot read missing.key: No such file or directory"]
     # The config schema's own rules for [fleet].
-    device["setup"].write_text('[fleet]\nbroker = "ftp://fleet.example.com"\n'
+    errors = refused(device, '[fleet]\nbroker = "ftp://fleet.example.com"\n'
                                'device_id = "camera 01"\ntelemetry_s = 0.5\n')
-    assert firstboot.run(device["boot"], device["root"]) == 2
-    errors = json.loads((device["state"] / firstboot.REPORT_FILE).read_text())["errors"]
     assert [e.split(":")[0] for e in errors] == ["fleet.broker", "fleet.device_id",
                                                  "fleet.telemetry_s"]
     assert errors[0].endswith("(line 2)")
@@ -324,10 +324,8 @@ key = """{pki["key"]}"""
 
 
 def test_an_uplink_the_merged_config_refuses(device: dict[str, Path]) -> None:
-    device["setup"].write_text('[[uplink]]\nname = "primary"\nurl = "srt://o.example.com:9000"\n'
+    errors = refused(device, '[[uplink]]\nname = "primary"\nurl = "srt://o.example.com:9000"\n'
                                'rung = "4k"\n')
-    assert firstboot.run(device["boot"], device["root"]) == 2
-    errors = json.loads((device["state"] / firstboot.REPORT_FILE).read_text())["errors"]
     assert len(errors) == 1 and errors[0].startswith("uplink[0].rung: no rung named '4k'")
 
 
@@ -342,9 +340,7 @@ def test_windows_line_ends_and_bom(device: dict[str, Path]) -> None:
 
 
 def test_toml_syntax_error_names_the_line(device: dict[str, Path]) -> None:
-    device["setup"].write_text('hostname = "cam"\nadmin_password = "unterminated\n')
-    assert firstboot.run(device["boot"], device["root"]) == 2
-    errors = json.loads((device["state"] / firstboot.REPORT_FILE).read_text())["errors"]
+    errors = refused(device, 'hostname = "cam"\nadmin_password = "unterminated\n')
     assert errors[0].startswith("TOML syntax:") and "line 2" in errors[0]
 
 

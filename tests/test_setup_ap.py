@@ -59,6 +59,14 @@ def section(hub: StatusHub) -> dict[str, Any]:
     return s
 
 
+def active_after(p: SetupAccessPointPolicy, clock: FakeClock, hub: StatusHub,
+                 seconds: float) -> bool:
+    """Whether the access point is up after `seconds` more and one look by the policy."""
+    clock.now += seconds
+    p.step()
+    return bool(section(hub)["active"])
+
+
 def commands(log: Path) -> list[list[str]]:
     return [c["argv"] for c in nmcli_sim.calls(log)
             if "status" not in c["argv"] and "connectivity" not in c["argv"]]
@@ -103,9 +111,7 @@ def test_no_network_for_a_minute_starts_it_and_configured_online_stops_it(
     assert commands(nm["log"])[-1] == ["connection", "down", "id", "appliance-setup"]
     assert nmcli_sim.read_state(nm["state"])["devices"][1]["state"] == "disconnected"
     # Online from here on: it stays down.
-    clock.now += 3600
-    p.step()
-    assert section(hub)["active"] is False
+    assert not active_after(p, clock, hub, 3600)
     assert commands(nm["log"])[-1][:2] == ["connection", "down"]
 
 
@@ -123,12 +129,8 @@ def test_online_at_start_never_starts_it_until_the_network_is_gone_a_minute(
     nmcli_sim.set_device(nm["state"], "wlan0", "disconnected", "", "none")
     clock.now += 1
     p.step()
-    clock.now += 59
-    p.step()
-    assert section(hub)["active"] is False
-    clock.now += 1
-    p.step()
-    assert section(hub)["active"] is True
+    assert not active_after(p, clock, hub, 59)
+    assert active_after(p, clock, hub, 1)
 
 
 def test_an_access_point_the_button_started_on_a_ready_device_stays_up(
@@ -150,9 +152,7 @@ def test_an_access_point_the_button_started_on_a_ready_device_stays_up(
     assert commands(nm["log"])[-1][:2] != ["connection", "down"]
     # A short press takes it down; with the network there it is not started again.
     hotspot.stop_access_point("nmcli")
-    clock.now += 500
-    p.step()
-    assert section(hub)["active"] is False
+    assert not active_after(p, clock, hub, 500)
 
 
 def test_configured_device_without_network_retries_its_own_wifi(
@@ -162,41 +162,25 @@ def test_configured_device_without_network_retries_its_own_wifi(
     CredentialStore(device["state"]).set_password(PASSWORD)
     hub, clock = StatusHub(), FakeClock()
     p = policy(hub, device, clock, retry_s=600)
-    clock.now += 60
-    p.step()
-    assert section(hub)["active"] is True
-    clock.now += 599
-    p.step()
-    assert section(hub)["active"] is True
+    assert active_after(p, clock, hub, 60)
+    assert active_after(p, clock, hub, 599)
     clock.now += 1
     p.step()
     s = section(hub)
     assert s["active"] is False and s["reason"] == "trying the configured networks again"
-    clock.now += 59
-    p.step()
-    assert section(hub)["active"] is False  # a full minute for the Wi-Fi first
-    clock.now += 1
-    p.step()
-    assert section(hub)["active"] is True
+    assert not active_after(p, clock, hub, 59)  # a full minute for the Wi-Fi first
+    assert active_after(p, clock, hub, 1)
 
 
 def test_short_press_stop_is_not_undone_at_once(nm: dict[str, Path],
                                                 device: dict[str, Path]) -> None:
     hub, clock = StatusHub(), FakeClock()
     p = policy(hub, device, clock)
-    clock.now += 60
-    p.step()
-    assert section(hub)["active"] is True
+    assert active_after(p, clock, hub, 60)
     hotspot.stop_access_point("nmcli")  # the button's short press
-    clock.now += 5
-    p.step()
-    assert section(hub)["active"] is False
-    clock.now += 50
-    p.step()
-    assert section(hub)["active"] is False
-    clock.now += 10
-    p.step()
-    assert section(hub)["active"] is True
+    assert not active_after(p, clock, hub, 5)
+    assert not active_after(p, clock, hub, 50)
+    assert active_after(p, clock, hub, 10)
 
 
 def test_without_auto_start_it_only_watches(nm: dict[str, Path],
