@@ -15,6 +15,7 @@ from appliance.device.modem import ModemMonitor
 from appliance.device.thermal import ThermalGovernor
 from appliance.provision.firstboot import read_report
 from appliance.status import StatusHub
+from appliance.update.handlers import image_version
 
 
 class DeviceComponents:
@@ -35,12 +36,14 @@ class DeviceComponents:
         self.thermal = ThermalGovernor(cfg.thermal, hub, on_fatal=on_fatal)
         self.hub, self.state_dir = hub, state_dir
         creds = CredentialStore(state_dir)
-        # The access point comes up by itself only on the appliance's own boards: on a
-        # desktop that merely lacks a network it would take over the Wi-Fi.
+        # The access point comes up by itself only on the appliance: one of its boards, or
+        # any machine running its OS image. On a desktop that merely lacks a network it
+        # would take over the Wi-Fi.
+        appliance = detect_board().key != "generic" or image_version() is not None
         self.setup_ap = SetupAccessPointPolicy(
             cfg.button.hotspot_interface, hub, state_dir,
             configured=lambda: not creds.setup_required(),
-            auto_start_s=None if detect_board().key == "generic" else AUTO_START_S,
+            auto_start_s=AUTO_START_S if appliance else None,
             on_active=self._access_point_seen, on_fatal=on_fatal)
 
     def _access_point_seen(self, active: bool) -> None:

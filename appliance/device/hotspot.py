@@ -213,7 +213,7 @@ class SetupAccessPointPolicy:
 
     - start: no network for `auto_start_s` since the start, since the network went, or
       since the access point went down (whoever took it down: a short press of the button
-      is not undone at once); None: never by itself (a desktop, the CI image);
+      is not undone at once); None: never by itself (a desktop);
     - stop: the device became configured and online while the access point was up (an
       access point the button brought up on a device that already was both stays up until
       the button takes it down), or it was ours, the device is configured and it has been

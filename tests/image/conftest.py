@@ -60,6 +60,12 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
     return build_image("ci-amd64", tmp_path_factory.mktemp("image"))
 
 
+@pytest.fixture(scope="session")
+def arm64_image(tmp_path_factory: pytest.TempPathFactory) -> Image:
+    """ci-arm64 (slow tests only: its base takes about 25 min under emulation)."""
+    return build_image("ci-arm64", tmp_path_factory.mktemp("image-arm64"))
+
+
 def rootfs_variant(src: Path, dest: Path, version: str, files: dict[str, str]) -> Path:
     """A copy of a root filesystem image with another version file and extra files,
     written with debugfs (no mount), shrunk to its contents so a bundle stays small."""
@@ -107,8 +113,8 @@ class Device:
     workdir: Path
     live_after: float = 0.0  # power on to /healthz answering, first boot
 
-    def sh(self, command: str, timeout: float = 120) -> str:
-        return ssh(self.fw, self.key, command, timeout)
+    def sh(self, command: str, timeout: float = 120, stdin: str | None = None) -> str:
+        return ssh(self.fw, self.key, command, timeout, stdin)
 
     def wait_sh(self, command: str, timeout: float) -> str:
         """Retry until the command succeeds (the guest may be booting)."""
@@ -129,9 +135,10 @@ class Device:
         return self.card.journal(self.workdir, *args)
 
 
-def first_boot_file(pubkey: str, **extra: str) -> bytes:
-    lines = [f'admin_password = "{ADMIN_PASSWORD}"',
-             *(f'{k} = "{v}"' for k, v in extra.items()),
+def first_boot_file(pubkey: str, admin_password: str | None = ADMIN_PASSWORD,
+                    **extra: str) -> bytes:
+    settings = {"admin_password": admin_password, **extra}
+    lines = [*(f'{k} = "{v}"' for k, v in settings.items() if v is not None),
              "[ssh]", f'authorized_keys = ["{pubkey}"]']
     return ("\n".join(lines) + "\n").encode()
 
@@ -154,7 +161,7 @@ def booted(image: Image, workdir: Path, live_timeout: float, grow_mb: int = 0,
            **setup: str) -> Iterator[Device]:
     """new_device() once /healthz answers (`live_after`), shut down cleanly at the end
     (which keeps the journal on /data for a post-mortem)."""
-    dev = new_device(image, workdir, grow_mb, **setup)
+    dev = new_device(image, workdir, grow_mb, setup=setup)
     try:
         dev.live_after = dev.fw.wait_http("/healthz", timeout=live_timeout)
         yield dev
@@ -162,8 +169,12 @@ def booted(image: Image, workdir: Path, live_timeout: float, grow_mb: int = 0,
         dev.fw.shutdown(timeout=60)
 
 
-def new_device(image: Image, workdir: Path, grow_mb: int = 0, **setup: str) -> Device:
-    """A fresh card with a first-boot file (admin password, an SSH key), booting."""
+def new_device(image: Image, workdir: Path, grow_mb: int = 0, *,
+               admin_password: str | None = ADMIN_PASSWORD, cable: bool = True,
+               wifi_radios: int = 0, setup: dict[str, str] | None = None) -> Device:
+    """A fresh card with a first-boot file (the admin password unless None, an SSH key,
+    `setup`'s other settings), booting on a board with the Ethernet cable in or not and
+    `wifi_radios` radios."""
     workdir.mkdir(parents=True, exist_ok=True)
     card = copy_card(image.disk, workdir / "card.img")
     if grow_mb:
@@ -172,7 +183,8 @@ def new_device(image: Image, workdir: Path, grow_mb: int = 0, **setup: str) -> D
     key = workdir / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
     pub = key.with_suffix(".pub").read_text().strip()
-    card.write("bootsel", "appliance-setup.toml", first_boot_file(pub, **setup))
-    fw = Firmware(card, workdir)
+    settings = first_boot_file(pub, admin_password, **(setup or {}))
+    card.write("bootsel", "appliance-setup.toml", settings)
+    fw = Firmware(card, workdir, cable=cable, wifi_radios=wifi_radios)
     fw.start()
     return Device(fw, card, key, workdir)

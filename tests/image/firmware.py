@@ -33,6 +33,7 @@ from pathlib import Path
 from tests.daemon_proc import free_port
 
 SECTOR = 512
+NETDEV = "eth"  # QEMU's name for the board's Ethernet (its user-network back end)
 
 
 @dataclass(frozen=True)
@@ -170,12 +171,18 @@ def accel(machine: Machine) -> list[str]:
 
 @dataclass
 class Firmware:
-    """Boots `card` in QEMU again and again until stop(); `boots` is the history."""
+    """Boots `card` in QEMU again and again until stop(); `boots` is the history.
+
+    The board has an Ethernet port (QEMU's user network, `ports` forwarded to it), its
+    cable plugged in while `cable` (set_cable() pulls or plugs it), and `wifi_radios`
+    Wi-Fi radios (mac80211_hwsim's, which hear each other: wlan0, wlan1, ...)."""
 
     card: Card
     workdir: Path
     memory_mb: int = 1536
     ports: dict[int, int] = field(default_factory=dict)  # guest port -> host port
+    cable: bool = True
+    wifi_radios: int = 0
     boots: list[Boot] = field(default_factory=list)
     failure: str | None = None
     _proc: subprocess.Popen[bytes] | None = None
@@ -209,6 +216,10 @@ class Firmware:
             self.card.extract(number, "vmlinuz", kernel)
             self.card.extract(number, "initrd.img", initrd)
             cmdline = (self.card.read(number, "cmdline.txt") or b"").decode().strip()
+            if self.wifi_radios:
+                # systemd-modules-load loads it early; modprobe takes the option from here.
+                cmdline += (" modules-load=mac80211_hwsim"
+                            f" mac80211_hwsim.radios={self.wifi_radios}")
             boot = Boot(number, tryboot, cmdline, time.monotonic())
             self.boots.append(boot)
             machine = MACHINES[self.card.arch]
@@ -224,9 +235,14 @@ class Firmware:
                      "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
                      "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
                      "-drive", f"file={self.card.path},format=raw,if=virtio,cache=unsafe",
-                     "-nic", f"user,model=virtio-net-pci,{fwd}"],
+                     "-netdev", f"user,id={NETDEV},{fwd}",
+                     "-device", f"virtio-net-pci,netdev={NETDEV}"],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 )
+                if not self.cable:
+                    # Long before the guest's kernel looks for a carrier (seconds in).
+                    self._qmp_when_up({"execute": "set_link",
+                                       "arguments": {"name": NETDEV, "up": False}})
                 code = self._proc.wait()
             boot.ended = time.monotonic()
             if boot.ended - boot.started < 5 and not self._stopping:
@@ -244,16 +260,39 @@ class Firmware:
         self._stopping = True
         proc = self._proc
         if proc and proc.poll() is None:
-            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as qmp:
-                qmp.settimeout(5)
-                qmp.connect(str(self.qmp_path))
-                qmp.recv(4096)  # greeting
-                for cmd in ("qmp_capabilities", "system_powerdown"):
-                    qmp.sendall(json.dumps({"execute": cmd}).encode() + b"\n")
-                    qmp.recv(4096)
+            with contextlib.suppress(OSError):
+                self._qmp({"execute": "system_powerdown"})
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout)
         self.stop()
+
+    def set_cable(self, plugged: bool) -> None:
+        """Plug or pull the Ethernet cable (the guest sees its carrier come or go)."""
+        self.cable = plugged
+        self._qmp({"execute": "set_link", "arguments": {"name": NETDEV, "up": plugged}})
+
+    def _qmp(self, *commands: dict[str, object]) -> None:
+        with socket.socket(socket.AF_UNIX) as qmp:
+            qmp.settimeout(5)
+            qmp.connect(str(self.qmp_path))
+            qmp.recv(4096)  # greeting
+            for cmd in ({"execute": "qmp_capabilities"}, *commands):
+                qmp.sendall(json.dumps(cmd).encode() + b"\n")
+                # The reply, maybe after events; nothing if QEMU quit (a power-down).
+                for line in qmp.recv(65536).decode().splitlines():
+                    if "error" in (reply := json.loads(line)):
+                        raise RuntimeError(f"QMP {cmd}: {reply['error']}")
+
+    def _qmp_when_up(self, command: dict[str, object]) -> None:
+        """`command` as soon as the QEMU just started listens on its QMP socket."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return self._qmp(command)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def stop(self) -> None:
         self._stopping = True
@@ -291,13 +330,16 @@ class Firmware:
                            + self.serial_log.read_text(errors="replace")[-4000:])
 
 
-def ssh(fw: Firmware, key: Path, command: str, timeout: float = 60) -> str:
-    """Run a command in the guest as root over SSH (key installed by the first-boot file)."""
+def ssh(fw: Firmware, key: Path, command: str, timeout: float = 60,
+        stdin: str | None = None) -> str:
+    """Run a command in the guest as root over SSH (key installed by the first-boot file),
+    `stdin` its input."""
     out = subprocess.run(
         ["ssh", "-i", str(key), "-p", str(fw.ports[22]), "-o", "StrictHostKeyChecking=no",
          "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
          "-o", "ConnectTimeout=5", "root@127.0.0.1", command],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True, text=True, timeout=timeout, input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
     )
     if out.returncode != 0:
         raise RuntimeError(f"ssh {command!r} exited {out.returncode}: "

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.image.conftest import Device, Image, booted, build_image
+from tests.image.conftest import Device, Image, booted
 from tests.image.firmware import have_tools
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]
@@ -21,11 +21,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]
 _missing = have_tools("arm64")
 if _missing:
     pytest.skip(f"arm64 image tests: {_missing}", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def arm64_image(tmp_path_factory: pytest.TempPathFactory) -> Image:
-    return build_image("ci-arm64", tmp_path_factory.mktemp("image-arm64"))
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,13 @@ def test_first_boot_file_applied_and_scrubbed(device: Device) -> None:
     c = Client(f"https://127.0.0.1:{device.fw.ports[443]}", context=tls_client())
     assert c.login("wrong password here").status == 401
     assert c.login(ADMIN_PASSWORD).status == 200
-    assert c.get("/api/v1/status").status == 200
+    status = c.get("/api/v1/status")
+    assert status.status == 200
+    # On the image the setup access point comes up by itself after 60 s without a network;
+    # online through the Ethernet (a device NetworkManager connected) it stays down.
+    hotspot = status.json()["sections"]["hotspot"]
+    assert hotspot["auto_start_s"] == 60 and hotspot["online"], hotspot
+    assert not hotspot["active"], hotspot
     scrubbed = device.sh("cat /boot/select/appliance-setup.toml")
     assert ADMIN_PASSWORD not in scrubbed and "applied" in scrubbed
 
@@ -78,6 +84,21 @@ def test_https_front_with_http2_and_the_devices_certificate(device: Device) -> N
     pem = ssl.DER_cert_to_PEM_cert(der)
     names = device.sh(f"printf '%s' '{pem}' | openssl x509 -noout -ext subjectAltName")
     assert f"DNS:{HOSTNAME}" in names and f"DNS:{HOSTNAME}.local" in names
+
+
+def test_the_daemons_user_may_change_network_manager_connections(device: Device) -> None:
+    # The setup access point (appliance/device/hotspot.py) adds and deletes its connection
+    # through nmcli as the service's user, without a login session: polkit lets it
+    # (image/rootfs/etc/polkit-1/rules.d). Run the same way, outside any session.
+    as_daemon = "systemd-run --quiet --wait --pipe --uid=appliance nmcli"
+    device.sh(f"{as_daemon} connection add type wifi ifname wlan9 con-name appliance-probe "
+              "autoconnect no ssid probe")
+    assert "appliance-probe" in device.sh("nmcli -t -f NAME connection show")
+    device.sh(f"{as_daemon} connection delete id appliance-probe")
+    # Anyone else is still asked for the admin password, which a service cannot give.
+    with pytest.raises(RuntimeError, match="Not authorized|Insufficient privileges"):
+        device.sh("systemd-run --quiet --wait --pipe --uid=nobody nmcli connection add "
+                  "type wifi ifname wlan9 con-name nobody-probe autoconnect no ssid probe")
 
 
 def test_read_only_root_and_data(device: Device) -> None:
