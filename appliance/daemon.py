@@ -20,7 +20,7 @@ from aiohttp import web
 
 from appliance.capture.pipeline import CapturePipeline
 from appliance.config.load import DEVICE_CONFIG, ConfigError, dump, load, save_atomic
-from appliance.config.schema import Config, Web
+from appliance.config.schema import DAEMON_SECTIONS, Config, Web
 from appliance.credentials import CredentialStore
 from appliance.device.components import DeviceComponents
 from appliance.fleet.agent import FleetAgent
@@ -91,7 +91,6 @@ HOT_SECTIONS = frozenset({"uplink", "playback"})
 # Exit status asking systemd for a restart (EX_TEMPFAIL): not a crash, but Restart=on-failure
 # only restarts on a non-zero status.
 RESTART_STATUS = 75
-DAEMON_SECTIONS = frozenset({"web", "fleet", "metrics", "leds", "button", "modem", "thermal"})
 
 
 class Daemon:

@@ -22,7 +22,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from appliance.fleet.agent import config_hash
+from appliance.fleet.desired_config import config_hash
 from tests.daemon_proc import free_port, running_daemon
 from tests.mqtt_broker import Broker, start_broker
 from tests.uplink_peers import NginxRtmp, nginx_rtmp

@@ -28,7 +28,8 @@ from aiohttp import web
 
 from appliance.config.schema import Fleet
 from appliance.device.leds import leds_for
-from appliance.fleet.agent import CommandError, FleetAgent
+from appliance.fleet.agent import FleetAgent
+from appliance.fleet.commands import CommandError
 from appliance.status import StatusHub, derive_state
 from appliance.update.installer import REBOOT_REQUEST, UpdateError, Updater
 from appliance.update.tryboot import AUTOBOOT, Autoboot, Backend, MtoolsStore
@@ -315,17 +316,17 @@ async def test_fleet_update_command(on_bus: Rauc, https_bundles: tuple[str, Path
     url = f"{base}/{bundle.name}"
 
     with pytest.raises(CommandError, match="sha256 mismatch"):
-        await agent._run_command("update", {"url": url, "sha256": "0" * 64})
+        await agent.commands.run("update", {"url": url, "sha256": "0" * 64})
     assert not any((tmp_path / "update").iterdir())  # nothing kept, nothing installed
     with pytest.raises(CommandError, match="https://"):
-        await agent._run_command("update", {"url": url.replace("https", "http"),
+        await agent.commands.run("update", {"url": url.replace("https", "http"),
                                             "sha256": digest})
     with pytest.raises(CommandError, match="url and args.sha256"):
-        await agent._run_command("update", {"url": url})
+        await agent.commands.run("update", {"url": url})
     # Downloaded and hash-checked, then RAUC's own verdict is the reply.
     with pytest.raises(CommandError, match="signature verification failed"):
-        await agent._run_command("update", {"url": url, "sha256": digest.upper()})
+        await agent.commands.run("update", {"url": url, "sha256": digest.upper()})
     # A server whose certificate the device does not trust is not downloaded from.
-    agent.updater = Updater(hub, tmp_path / "update")
+    agent.commands.updater = Updater(hub, tmp_path / "update")
     with pytest.raises(CommandError, match="CERTIFICATE_VERIFY_FAILED"):
-        await agent._run_command("update", {"url": url, "sha256": digest})
+        await agent.commands.run("update", {"url": url, "sha256": digest})

@@ -434,6 +434,11 @@ class Thermal(Section):
         return self
 
 
+# Sections whose change the daemon applies only at its own restart (the others: hot, or at
+# a restart of the media).
+DAEMON_SECTIONS = frozenset({"web", "fleet", "metrics", "leds", "button", "modem", "thermal"})
+
+
 class Config(Section):
     video: Video = Field(default_factory=Video)  # type: ignore[arg-type]
     audio: Audio = Field(default_factory=Audio)  # type: ignore[arg-type]

@@ -7,26 +7,14 @@ Topics, all JSON, under `fleet/v1/<device_id>/`:
   "clean": true}`. N grows by one per connection (kept in `<state_dir>/fleet/session`), so
   a consumer ignores a Will whose session is older than the status it holds.
 - `telemetry` (QoS 0): telemetry.telemetry(), every `telemetry_s` (5 s: 0.2 Hz), every
-  `watch_telemetry_s` (1 s) while watched: the `watch` command, `{"duration_s": 60}` (at
-  most 600), asks for the fast rate and for one document at once.
+  `watch_telemetry_s` (1 s) while watched (the `watch` command).
 - `event` (QoS 1): `{"seq", "ts", "type", ...}` (source_lost, source_restored, uplink_down,
   uplink_up, throttled, cooled, state, config_applied, config_rolled_back); kept in a
   bounded ring while offline, sent in order on reconnect.
-- `cmd/req` (subscribed): `{"id": "...", "command": "...", "args": {...}, "expires": unix
-  time}`; commands: restart_stream, apply_config (`args.config`: a whole config as the
-  API's PUT /api/v1/config takes it, masked secrets kept), watch, reboot (only with
-  `fleet.allow_reboot`), update (`args.url`: an https:// RAUC bundle, `args.sha256`: its hex
-  digest; downloaded with the certificate verified, installed, then the device reboots into
-  it; the reply comes when RAUC is done). A repeated id is not run again (nor answered
-  again); an expired command is dropped unanswered. The reply `{"id", "command", "ok",
-  "result" | "error"}` goes to the request's MQTT 5 response topic (default `cmd/res`) with
-  its correlation data.
-- `config/desired` (subscribed, retained by the fleet side): `{"version": int, "config":
-  {...}, "hash"?: sha256 hex of the config's canonical JSON}`; a version above the last
-  one handled is applied like apply_config. `config/reported` (retained): `{"version",
-  "hash", "status": applied | rejected | rolled_back, "error", "config_hash", "ts"}`
-  (kept in `<state_dir>/fleet/reported.json`); desired and reported have converged when
-  version and hash match.
+- `cmd/req` (subscribed): a command (commands.py); the reply goes to the request's MQTT 5
+  response topic (default `cmd/res`) with its correlation data.
+- `config/desired` (subscribed, retained by the fleet side) and `config/reported`
+  (retained): the config the fleet wants, and how applying it went (desired_config.py).
 No secret leaves the device: every payload is scrubbed of the configured secrets.
 """
 
@@ -35,15 +23,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
+import functools
 import json
 import logging
-import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -51,70 +38,43 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from appliance.backoff import Backoff
-from appliance.config.load import ConfigError, dump, save_atomic, validate
-from appliance.config.schema import Config, Fleet
+from appliance.config.load import save_atomic
+from appliance.config.schema import Fleet
 from appliance.fleet import telemetry as tm
+from appliance.fleet.commands import Commands
+from appliance.fleet.desired_config import ConfigBackend, DesiredConfig
 from appliance.status import StatusHub
-from appliance.update.installer import UpdateError, Updater
-from appliance.web.masking import mask, secret_values, unmask
+from appliance.update.installer import Updater
+from appliance.web.masking import secret_values
 
 log = logging.getLogger(__name__)
 
-COMMANDS = frozenset({"restart_stream", "apply_config", "watch", "reboot", "update"})
 EVENT_RING = 500
-REMEMBERED_IDS = 1000
-WATCH_MAX_S = 600.0
 BACKOFF_CAP_S = 60.0
 POLL_S = 0.5
-HEALTHY_HOLD_S = 2.0  # healthy this long, after at least SETTLE_S, counts as healthy
-SETTLE_S = 3.0
-# Sections whose change the daemon applies only at its own restart.
-DAEMON_SECTIONS = frozenset({"web", "fleet", "leds", "button", "modem", "thermal", "metrics"})
-
-
-class Backend(Protocol):
-    """What the agent needs of the daemon."""
-
-    cfg: Config
-
-    def config_file(self) -> Path: ...
-
-    async def apply_config(self, cfg: Config) -> list[str]: ...
-
-    async def restart_media(self) -> bool: ...
-
-
-def config_hash(config: Any) -> str:
-    """sha256 of the canonical JSON of a config document (sorted keys, no spaces)."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-class CommandError(Exception):
-    """A refused or failed command: its message is the reply's error."""
 
 
 class FleetAgent:
-    def __init__(self, cfg: Fleet, hub: StatusHub, backend: Backend, state_dir: Path,
+    def __init__(self, cfg: Fleet, hub: StatusHub, backend: ConfigBackend, state_dir: Path,
                  reboot: Callable[[], Awaitable[None]] | None = None,
                  updater: Updater | None = None) -> None:
         """`updater`: runs the `update` command (None: the command is refused)."""
         self.cfg = cfg
-        self.updater = updater
         self.hub = hub
         self.backend = backend
         self.dir = state_dir / "fleet"
         self.prefix = f"fleet/v1/{cfg.device_id}"
         self.session = 0
-        self._reboot = reboot or _systemctl_reboot
+        self.desired = DesiredConfig(backend, hub.state, self.add_event,
+                                     self.dir / "reported.json", cfg.apply_timeout_s)
+        self.commands = Commands(backend, self.desired.apply, self._watch,
+                                 cfg.watch_telemetry_s, reboot=reboot, updater=updater)
         self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENT_RING)
         self._event_seq = 0
         self._events_ready = asyncio.Event()
         self._status_changed = asyncio.Event()
         self._telemetry_now = asyncio.Event()
         self._watch_until = 0.0
-        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self._apply_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -218,7 +178,7 @@ class FleetAgent:
         await self._publish_status(client)
         await client.subscribe(self.topic("cmd/req"), qos=1)
         await client.subscribe(self.topic("config/desired"), qos=1)
-        await self._publish_reported(client, self._reported())
+        await self._publish_reported(client, self.desired.reported())
         tasks = [asyncio.create_task(coro) for coro in (
             self._receive(client), self._send_telemetry(client), self._send_events(client),
             self._send_status(client))]
@@ -256,6 +216,11 @@ class FleetAgent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._telemetry_now.wait(), period)
             self._telemetry_now.clear()
+
+    def _watch(self, duration_s: float) -> None:
+        """Telemetry at the fast rate for `duration_s`, and one document at once."""
+        self._watch_until = time.monotonic() + duration_s
+        self._telemetry_now.set()
 
     # -- events ----------------------------------------------------------------------------
 
@@ -306,50 +271,12 @@ class FleetAgent:
         self._command_tasks.add(task)
         task.add_done_callback(self._command_tasks.discard)
 
-    def _remember(self, command_id: str) -> bool:
-        """False if the id was seen before."""
-        if command_id in self._seen:
-            return False
-        self._seen[command_id] = time.time()
-        while len(self._seen) > REMEMBERED_IDS:
-            self._seen.popitem(last=False)
-        return True
-
     async def _command(self, client: aiomqtt.Client, body: Any,
                        props: Properties | None) -> None:
         response_topic = getattr(props, "ResponseTopic", None) or self.topic("cmd/res")
         correlation = getattr(props, "CorrelationData", None)
-        if not isinstance(body, dict):
-            return await self._reply(client, response_topic, correlation,
-                                     {"ok": False, "error": "a command is a JSON object"})
-        command_id, command = body.get("id"), body.get("command")
-        head = {"id": command_id, "command": command}
-        if not isinstance(command_id, str) or not command_id:
-            return await self._reply(client, response_topic, correlation,
-                                     {**head, "ok": False, "error": "missing id"})
-        expires = body.get("expires")
-        if isinstance(expires, int | float) and expires <= time.time():
-            log.warning("fleet: command %s (%s) expired: dropped", command_id, command)
-            return
-        if not self._remember(command_id):
-            log.info("fleet: command %s (%s) seen before: not run again", command_id, command)
-            return
-        args = body.get("args") or {}
-        try:
-            if command not in COMMANDS or not isinstance(args, dict):
-                raise CommandError(f"command not allowed: {command!r}" if command not in
-                                   COMMANDS else "args must be an object")
-            log.info("fleet: running command %s (%s)", command_id, command)
-            result = await self._run_command(str(command), args)
-            reply = {**head, "ok": True, "result": result}
-        except CommandError as exc:
-            reply = {**head, "ok": False, "error": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - a failed command is a reply, not a crash
-            log.exception("fleet: command %s failed", command_id)
-            reply = {**head, "ok": False, "error": f"failed: {exc!r}"}
-        await self._reply(client, response_topic, correlation, reply)
-        if command == "reboot" and reply["ok"]:
-            await self._reboot()
+        await self.commands.handle(
+            body, functools.partial(self._reply, client, response_topic, correlation))
 
     async def _reply(self, client: aiomqtt.Client, topic: str, correlation: bytes | None,
                      reply: dict[str, Any]) -> None:
@@ -363,131 +290,16 @@ class FleetAgent:
         except aiomqtt.MqttError as exc:  # the connection went: the requester retries
             log.warning("fleet: cannot reply to command %s: %s", reply.get("id"), exc)
 
-    async def _run_command(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
-        if command == "restart_stream":
-            if not await self.backend.restart_media():
-                raise CommandError("media is off (safe mode): nothing to restart")
-            return {"restarted": True}
-        if command == "watch":
-            duration = args.get("duration_s", 60)
-            if not isinstance(duration, int | float) or not 0 <= duration <= WATCH_MAX_S:
-                raise CommandError(f"duration_s must be 0..{WATCH_MAX_S:g}")
-            self._watch_until = time.monotonic() + float(duration)
-            self._telemetry_now.set()
-            return {"period_s": self.cfg.watch_telemetry_s, "duration_s": duration}
-        if command == "apply_config":
-            data = args.get("config")
-            restart = await self._apply(data, source="command")
-            return {"restart_needed": restart}
-        if command == "update":
-            url, sha256 = args.get("url"), args.get("sha256")
-            if not isinstance(url, str) or not isinstance(sha256, str):
-                raise CommandError("update needs args.url and args.sha256 (strings)")
-            if self.updater is None:
-                raise CommandError("updates are not available on this device")
-            try:
-                return await self.updater.download_and_install(url, sha256.lower())
-            except UpdateError as exc:
-                raise CommandError(str(exc)) from None
-        if command == "reboot":
-            if not self.backend.cfg.fleet or not self.backend.cfg.fleet.allow_reboot:
-                raise CommandError("reboot not allowed (fleet.allow_reboot is off)")
-            return {"rebooting": True}
-        raise CommandError(f"command not allowed: {command!r}")
-
-    async def _apply(self, data: Any, source: str) -> list[str]:
-        """Validate, apply, and roll back unless the stream is healthy in time."""
-        if not isinstance(data, dict):
-            raise CommandError("config must be an object")
-        async with self._apply_lock:
-            old = self.backend.cfg
-            try:
-                cfg = validate(unmask(Config, data, old))
-            except ConfigError as exc:
-                raise CommandError("invalid config: " + "; ".join(exc.errors)) from None
-            pending = await self.backend.apply_config(cfg)
-            media = [s for s in pending if s not in DAEMON_SECTIONS]
-            if media:
-                await self.backend.restart_media()
-            timeout = self.cfg.apply_timeout_s
-            healthy, state = await self._wait_healthy(timeout)
-            if not healthy:
-                log.warning("fleet: config from %s: stream %s after %.0f s: rolling back",
-                            source, state, timeout)
-                await self.backend.apply_config(old)
-                if media:
-                    await self.backend.restart_media()
-                self.add_event("config_rolled_back", source=source, state=state)
-                raise CommandError(f"rolled back: the stream was not healthy within "
-                                   f"{timeout:g} s (state {state})")
-            path = self.backend.config_file()
-            try:
-                await asyncio.to_thread(save_atomic, path, dump(cfg))
-            except OSError as exc:
-                log.error("fleet: cannot save the config to %s: %s", path, exc.strerror)
-            log.info("fleet: config from %s applied", source)
-            self.add_event("config_applied", source=source, restart_needed=pending)
-            return pending
-
-    async def _wait_healthy(self, timeout: float) -> tuple[bool, str]:
-        start = time.monotonic()
-        healthy_since: float | None = None
-        while True:
-            now = time.monotonic()
-            state = self.hub.state()
-            if state in tm.HEALTHY:
-                healthy_since = now if healthy_since is None else healthy_since
-                if now - healthy_since >= HEALTHY_HOLD_S and now - start >= SETTLE_S:
-                    return True, state
-            else:
-                healthy_since = None
-            if now - start >= timeout:
-                return False, state
-            await asyncio.sleep(0.25)
-
-    def _reported(self) -> dict[str, Any]:
-        try:
-            doc = json.loads((self.dir / "reported.json").read_text())
-            if isinstance(doc, dict):
-                return doc
-        except (OSError, ValueError):
-            pass
-        return {"version": 0, "hash": None, "status": None}
-
     async def _publish_reported(self, client: aiomqtt.Client, doc: dict[str, Any]) -> None:
-        running = mask(Config, self.backend.cfg.model_dump(mode="json"))
-        await client.publish(self.topic("config/reported"), self._json(
-            {**doc, "config_hash": config_hash(running), "ts": round(time.time(), 3)}),
-            qos=1, retain=True)
+        await client.publish(self.topic("config/reported"), self._json(self.desired.report(doc)),
+                             qos=1, retain=True)
 
     async def _desired(self, client: aiomqtt.Client, body: Any) -> None:
-        if not isinstance(body, dict) or not isinstance(body.get("version"), int):
-            log.warning("fleet: config/desired without an integer version: ignored")
+        doc = await self.desired.handle(body)
+        if doc is None:
             return
-        version = body["version"]
-        reported = self._reported()
-        if version <= int(reported.get("version") or 0):
-            return  # handled before (the retained document after a reconnect)
-        data = body.get("config")
-        digest = config_hash(data)
-        doc: dict[str, Any] = {"version": version, "hash": digest, "error": None}
-        if body.get("hash") not in (None, digest):
-            doc.update(status="rejected", error="hash does not match the config")
-        else:
-            try:
-                doc["restart_needed"] = await self._apply(data, source="desired")
-                doc["status"] = "applied"
-            except CommandError as exc:
-                doc.update(status="rolled_back" if str(exc).startswith("rolled back")
-                           else "rejected", error=str(exc))
-        save_atomic(self.dir / "reported.json", json.dumps(doc), mode=0o644)
         try:
             await self._publish_reported(self._client or client, doc)
         except aiomqtt.MqttError as exc:  # published again on the next connection
             log.warning("fleet: cannot publish the reported config: %s", exc)
 
-
-async def _systemctl_reboot() -> None:
-    log.warning("fleet: rebooting on a remote command")
-    proc = await asyncio.create_subprocess_exec("systemctl", "reboot", env=dict(os.environ))
-    await proc.wait()
