@@ -164,6 +164,8 @@ def test_hold_for_setup_starts_the_access_point(factory: MockFactory, nmcli: Pat
         assert add[add.index("ssid") + 1] == "Appliance-EE42"
         assert add[add.index("ifname") + 1] == "wlan0"
         assert add[add.index("802-11-wireless.mode") + 1] == "ap"
+        # A channel every regulatory domain allows an access point on, country set or not.
+        assert 1 <= int(add[add.index("802-11-wireless.channel") + 1]) <= 11
         assert add[add.index("ipv4.method") + 1] == "shared"
         assert add[add.index("wifi-sec.key-mgmt") + 1] == "wpa-psk"
         up = log[2]

@@ -46,6 +46,10 @@ NMCLI_TIMEOUT_S = 60
 # (image/rootfs/etc/NetworkManager/dnsmasq-shared.d/) and redirects name this address.
 AP_ADDRESS = "10.42.0.1"
 AP_PREFIX = 24
+# A channel every regulatory domain allows an access point on (1 to 11). Left to itself,
+# NetworkManager may pick 13, where the world domain (no country set) forbids starting a
+# network: wpa_supplicant then fails to start the access point (seen with "Appliance-3456").
+AP_CHANNEL = 6
 # The button and the policy both drive the one connection: one nmcli sequence at a time.
 _NM_LOCK = threading.Lock()
 
@@ -126,6 +130,7 @@ def _start_access_point(nmcli: str, interface: str, name: str, password: str,
     _nmcli(nmcli, "connection", "add", "type", "wifi", "ifname", interface,
            "con-name", CONNECTION, "autoconnect", "no", "ssid", name,
            "802-11-wireless.mode", "ap", "802-11-wireless.band", "bg",
+           "802-11-wireless.channel", str(AP_CHANNEL),
            "ipv4.method", "shared", "ipv4.addresses", f"{AP_ADDRESS}/{AP_PREFIX}",
            "ipv6.method", "ignore",
            # WPA2-PSK with CCMP only; PMF off, which the Pi's brcmfmac needs in AP mode.
