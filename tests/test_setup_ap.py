@@ -133,6 +133,25 @@ def test_online_at_start_never_starts_it_until_the_network_is_gone_a_minute(
     assert active_after(p, clock, hub, 1)
 
 
+def test_started_at_boot_it_counts_the_minute_from_power_on(
+        nm: dict[str, Path], device: dict[str, Path]) -> None:
+    # The daemon starts 25 s after power-on (the clock: seconds since then): the access
+    # point comes 60 s after power-on, not 60 s after the daemon.
+    hub, clock = StatusHub(), FakeClock()
+    clock.now = 25.0
+    p = policy(hub, device, clock)
+    assert not active_after(p, clock, hub, 34.9)
+    assert active_after(p, clock, hub, 0.1)
+    # Started long after power-on (a restart), it knows nothing of the network before
+    # itself, and waits the whole minute.
+    nmcli_sim.set_device(nm["state"], "wlan0", "disconnected", "", "none")
+    hub, clock = StatusHub(), FakeClock()
+    clock.now = hotspot.BOOT_WINDOW_S + 1
+    p = policy(hub, device, clock)
+    assert not active_after(p, clock, hub, 59.9)
+    assert active_after(p, clock, hub, 0.1)
+
+
 def test_an_access_point_the_button_started_on_a_ready_device_stays_up(
         nm: dict[str, Path], device: dict[str, Path]) -> None:
     CredentialStore(device["state"]).set_password(PASSWORD)

@@ -160,6 +160,10 @@ AUTO_START_S = 60.0
 # router that boots slower than the camera after a power cut must not strand it as an AP.
 RETRY_S = 600.0
 POLL_S = 5.0
+# A policy started this soon after power-on counts the time without a network from
+# power-on: "no network 60 s after plugging in" is what the user sees, and the daemon
+# itself takes a while to start (half a minute under emulation).
+BOOT_WINDOW_S = 120.0
 
 
 def _terse_fields(line: str) -> list[str]:
@@ -216,16 +220,19 @@ class SetupAccessPointPolicy:
     """Polls NetworkManager every `poll_s` on its own thread and starts or stops the
     access point on `interface`:
 
-    - start: no network for `auto_start_s` since the start, since the network went, or
-      since the access point went down (whoever took it down: a short press of the button
-      is not undone at once); None: never by itself (a desktop);
+    - start: no network for `auto_start_s` since power-on (when the policy starts within
+      `BOOT_WINDOW_S` of it, as at the box's boot; else since the policy's start, knowing
+      nothing of the network before), since the network went, or since the access point
+      went down (whoever took it down: a short press of the button is not undone at
+      once); None: never by itself (a desktop);
     - stop: the device became configured and online while the access point was up (an
       access point the button brought up on a device that already was both stays up until
       the button takes it down), or it was ours, the device is configured and it has been
       up for `retry_s`.
 
     `configured` says whether an admin password is set; `on_active` hears whether the
-    access point is up after each look. `clock` is monotonic seconds.
+    access point is up after each look. `clock` is monotonic seconds since power-on
+    (Linux's CLOCK_MONOTONIC).
     """
 
     def __init__(self, interface: str, hub: StatusHub, state_dir: Path, *,
@@ -240,7 +247,8 @@ class SetupAccessPointPolicy:
         self.clock, self.on_fatal = clock, on_fatal
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._offline_since: float | None = clock()
+        started = clock()
+        self._offline_since: float | None = 0.0 if started < BOOT_WINDOW_S else started
         self._ap_since: float | None = None
         self._ours = False
         self._last_ready: bool | None = None  # unknown until the first look

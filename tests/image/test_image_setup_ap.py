@@ -3,11 +3,12 @@ NetworkManager, wpa_supplicant and dnsmasq on mac80211_hwsim radios (the guest's
 the box's Wi-Fi; wlan1, moved into a network namespace, is a phone).
 
 The box boots with its Ethernet cable out and no admin password. The daemon must open
-`Appliance-XXXX` by itself 60 s after it starts; the phone joins it with the device's
-password, the access point's DNS answers every name with the box, the phone's
-connectivity check is redirected to the setup page, and the phone sets the admin password
-there. With the cable back in the box is then configured and online, and the access point
-goes away. Slow (the ci-arm64 build): `pytest -m slow tests/image/test_image_setup_ap.py`.
+`Appliance-XXXX` by itself 60 s after power-on, within 90 s of it; the phone joins it
+with the device's password, the access point's DNS answers every name with the box, the
+phone's connectivity check is redirected to the setup page, and the phone sets the admin
+password there. With the cable back in the box is then configured and online, and the
+access point goes away. Slow (the ci-arm64 build):
+`pytest -m slow tests/image/test_image_setup_ap.py`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,11 +33,12 @@ _missing = have_tools("arm64")
 if _missing:
     pytest.skip(f"arm64 image tests: {_missing}", allow_module_level=True)
 
-# Power on to plugging the cable back in (and the first look through SSH): the access
-# point must be up by then. Under TCG the daemon starts about 50 s after power on.
-CABLE_OUT_S = 200
+# The target: an unconfigured box shows its access point within 90 s of power-on (here
+# the kernel's start: QEMU loads the kernel itself, in well under a second).
+AP_TARGET_S = 90
+# Power on to plugging the cable back in (and the first look through SSH).
+CABLE_OUT_S = 150
 PHONE = "phone"  # the network namespace of the phone's radio
-PHONE_ADDRESS = "10.42.0.5/24"  # outside NetworkManager's DHCP range (.10 to .254)
 NEW_PASSWORD = "set from the phone"
 CLIENT = Path(__file__).with_name("ap_client.py")
 
@@ -53,10 +56,10 @@ def active_connections(dev: Device) -> list[str]:
     return dev.sh("nmcli -t -f NAME,DEVICE connection show --active").split()
 
 
-def join_access_point(dev: Device, ssid: str, password: str) -> None:
+def join_access_point(dev: Device, ssid: str, password: str) -> dict[str, Any]:
     """The phone: the second radio in its own network namespace, associated by
-    wpa_supplicant (WPA2-PSK, as a phone would), with an address on the access point's
-    network."""
+    wpa_supplicant (WPA2-PSK, as a phone would), with the address the access point's DHCP
+    server leased it (returned)."""
     phy = dev.sh("cat /sys/class/net/wlan1/phy80211/name").strip()
     dev.sh(f"ip netns add {PHONE} && iw phy {phy} set netns name {PHONE}")
     conf = (f'ctrl_interface=/run/{PHONE}-wpa\nnetwork={{\n ssid="{ssid}"\n psk="{password}"\n'
@@ -70,7 +73,10 @@ def join_access_point(dev: Device, ssid: str, password: str) -> None:
             state := dev.sh(f"{inside} wpa_cli -p /run/{PHONE}-wpa -i wlan1 status")):
         assert time.monotonic() < deadline, f"the phone did not join {ssid}: {state}"
         time.sleep(2)
-    dev.sh(f"{inside} ip addr add {PHONE_ADDRESS} dev wlan1")
+    dev.sh("cat > /run/ap_client.py", stdin=CLIENT.read_text())
+    lease: dict[str, Any] = json.loads(dev.sh(f"{inside} python3 /run/ap_client.py lease wlan1"))
+    dev.sh(f"{inside} ip addr add {lease['address']}/{lease['prefix']} dev wlan1")
+    return lease
 
 
 def test_unconfigured_box_opens_its_access_point_and_is_set_up_through_it(
@@ -89,10 +95,11 @@ def test_unconfigured_box_opens_its_access_point_and_is_set_up_through_it(
         daemon = monotonic_at(journal, r"Starting appliance\.service")
         asked = monotonic_at(journal, r"setup access point: no network for")
         up = monotonic_at(journal, r"device \(wlan0\): Activation: successful")
-        print(f"\nsetup access point (ci-arm64 under TCG): daemon started {daemon:.1f} s after "
-              f"the kernel, access point asked for {asked - daemon:.1f} s later and up "
-              f"{up:.1f} s after the kernel started", file=sys.stderr)
-        assert asked - daemon >= 60, "the access point came up before 60 s without a network"
+        print(f"\nsetup access point (ci-arm64 under TCG), seconds since the kernel started: "
+              f"daemon started {daemon:.1f}, access point asked for {asked:.1f}, up {up:.1f}",
+              file=sys.stderr)
+        assert asked >= 60, "the access point was asked for before 60 s without a network"
+        assert up <= AP_TARGET_S, f"the access point came up {up:.1f} s after power-on"
 
         ssid = dev.sh("nmcli -g 802-11-wireless.ssid connection show appliance-setup").strip()
         assert re.fullmatch(r"Appliance-[0-9A-F]{4}", ssid), ssid
@@ -101,11 +108,13 @@ def test_unconfigured_box_opens_its_access_point_and_is_set_up_through_it(
         assert password not in dev.sh("cat /etc/NetworkManager/system-connections/* "
                                        "/run/NetworkManager/system-connections/* "
                                        "2>/dev/null || true")
-        join_access_point(dev, ssid, password)
+        lease = join_access_point(dev, ssid, password)
+        # NetworkManager's shared mode: the box is the phone's router and DNS server.
+        assert lease["router"] == lease["dns"] == "10.42.0.1", lease
+        assert lease["address"].startswith("10.42.0.") and lease["prefix"] == 24, lease
 
-        dev.sh("cat > /run/ap_client.py", stdin=CLIENT.read_text())
-        got = json.loads(dev.sh(f"ip netns exec {PHONE} python3 /run/ap_client.py 10.42.0.1 "
-                                f"connectivitycheck.gstatic.com '{NEW_PASSWORD}'"))
+        got = json.loads(dev.sh(f"ip netns exec {PHONE} python3 /run/ap_client.py setup "
+                                f"10.42.0.1 connectivitycheck.gstatic.com '{NEW_PASSWORD}'"))
         assert got["dns"] == ["10.42.0.1"], got
         assert got["check"]["status"] == 302, got
         assert got["check"]["location"] == "http://10.42.0.1/setup", got
