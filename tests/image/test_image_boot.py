@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import socket
 import ssl
 import sys
@@ -84,6 +85,24 @@ def test_https_front_with_http2_and_the_devices_certificate(device: Device) -> N
     pem = ssl.DER_cert_to_PEM_cert(der)
     names = device.sh(f"printf '%s' '{pem}' | openssl x509 -noout -ext subjectAltName")
     assert f"DNS:{HOSTNAME}" in names and f"DNS:{HOSTNAME}.local" in names
+
+
+def test_earlier_boots_journals_are_capped(device: Device) -> None:
+    # Each boot has its own machine ID (an empty /etc/machine-id on the read-only root), so
+    # its own journal directory, which journald's cap does not cover. Three earlier boots
+    # of 30 MB each, days apart: the newest two fit in the 64 MB left to earlier boots.
+    ids = [secrets.token_hex(16) for _ in range(3)]
+    for days, machine in zip((3, 2, 1), ids, strict=True):
+        d = f"/var/log/journal/{machine}"
+        device.sh(f"mkdir {d} && fallocate -l 30M {d}/system.journal && "
+                  f"touch -d '-{days} days' {d}")
+    current = device.sh("cat /etc/machine-id").strip()
+    assert device.sh("systemctl is-enabled appliance-journal-trim.service").strip() == "enabled"
+    device.sh("systemctl start appliance-journal-trim.service")
+    left = set(device.sh("ls /var/log/journal").split())
+    assert {current, ids[1], ids[2]} <= left and ids[0] not in left, left
+    assert f"removing the journal of an earlier boot: {ids[0]}" in device.sh(
+        "journalctl -b -u appliance-journal-trim.service --no-pager")
 
 
 def test_the_daemons_user_may_change_network_manager_connections(device: Device) -> None:
