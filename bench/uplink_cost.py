@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.daemon_proc import DaemonProc, running_daemon  # noqa: E402
-from tests.uplink_peers import KeyCheck, NginxRtmp, SrtPeer, wait_for  # noqa: E402
+from tests.uplink_peer_common import wait_for  # noqa: E402
+from tests.uplink_peer_nginx import KeyCheck, NginxRtmp  # noqa: E402
+from tests.uplink_peer_srt import SrtPeer  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PASSPHRASE = "bench-" + os.urandom(8).hex()

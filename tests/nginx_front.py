@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tests.api_client import LIGHT
 from tests.daemon_proc import ROOT, free_port
-from tests.uplink_peers import require, spawn_nginx
+from tests.uplink_peer_common import require
+from tests.uplink_peer_nginx import spawn_nginx
 
 SITE = ROOT / "image" / "rootfs" / "etc" / "nginx" / "conf.d" / "appliance.conf"
 HOTSPOT = "127.0.0.2"  # plays the setup access point's 10.42.0.1

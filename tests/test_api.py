@@ -15,7 +15,7 @@ import pytest
 from appliance.web.masking import MASK
 from tests.api_client import LIGHT, Client, admin, bearer
 from tests.daemon_proc import DaemonProc, free_port, running_daemon
-from tests.uplink_peers import nginx_rtmp
+from tests.uplink_peer_nginx import nginx_rtmp
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:

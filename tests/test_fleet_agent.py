@@ -25,7 +25,7 @@ from paho.mqtt.properties import Properties
 from appliance.fleet.desired_config import config_hash
 from tests.daemon_proc import free_port, running_daemon
 from tests.mqtt_broker import Broker, start_broker
-from tests.uplink_peers import NginxRtmp, nginx_rtmp
+from tests.uplink_peer_nginx import NginxRtmp, nginx_rtmp
 
 DEVICE = "cam-01"
 PREFIX = f"fleet/v1/{DEVICE}"

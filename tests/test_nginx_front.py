@@ -33,7 +33,7 @@ from appliance.web.forwarded import client_address
 from tests.api_client import ADMIN_PASSWORD, Client
 from tests.daemon_proc import ROOT, DaemonProc, running_daemon
 from tests.nginx_front import HOTSPOT, Front, daemon_config, nginx_front
-from tests.uplink_peers import wait_for
+from tests.uplink_peer_common import wait_for
 
 PLAYLIST = "/live/180p/index.m3u8"  # the one rung of api_client.LIGHT
 CLIENT_A, CLIENT_B = "127.0.0.3", "127.0.0.4"  # two LAN clients, by source address

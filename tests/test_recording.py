@@ -17,20 +17,16 @@ from appliance.record.recorder import Recorder, Recording, list_recordings
 from appliance.status import StatusHub
 from appliance.uplink.destination import Destination
 from tests.daemon_proc import free_port, running_daemon
-from tests.uplink_peers import (
-    MediaFeeder,
-    ObservedHub,
+from tests.uplink_peer_common import require, wait_for
+from tests.uplink_peer_hub import ObservedHub, section, wait_state
+from tests.uplink_peer_media import MediaFeeder, uplink
+from tests.uplink_peer_nginx import nginx_rtmp
+from tests.uplink_peer_probe import (
     codecs_of,
     dts_regressions,
     ffprobe_packets,
     ffprobe_streams,
     media_span,
-    nginx_rtmp,
-    require,
-    section,
-    uplink,
-    wait_for,
-    wait_state,
 )
 
 GOP_S = 1.0  # MediaFeeder's keyframe interval: a fragment per GOP

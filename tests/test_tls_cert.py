@@ -25,7 +25,7 @@ from appliance.provision import tls
 from tests.api_client import Client
 from tests.daemon_proc import ROOT, DaemonProc, running_daemon
 from tests.nginx_front import Front, daemon_config, nginx_front
-from tests.uplink_peers import wait_for
+from tests.uplink_peer_common import wait_for
 
 NOW = dt.datetime.now(dt.UTC)
 

@@ -18,18 +18,12 @@ from appliance.status import StatusHub
 from appliance.uplink.destination import Destination
 from appliance.uplink.manager import UplinkManager
 from tests.daemon_proc import free_port
-from tests.uplink_peers import (
-    MediaFeeder,
-    ObservedHub,
-    SrtPeer,
-    StallableLink,
-    free_udp_port,
-    nginx_rtmp,
-    section,
-    uplink,
-    wait_for,
-    wait_state,
-)
+from tests.uplink_peer_common import wait_for
+from tests.uplink_peer_hub import ObservedHub, section, wait_state
+from tests.uplink_peer_link import StallableLink
+from tests.uplink_peer_media import MediaFeeder, uplink
+from tests.uplink_peer_nginx import nginx_rtmp
+from tests.uplink_peer_srt import SrtPeer, free_udp_port
 
 # How long each origin stays away, in turn: from a blink to longer than it takes the
 # retries to reach their cap, so the delay counted is the capped one too.

@@ -23,25 +23,19 @@ from appliance.media.bus import MediaBus
 from appliance.status import StatusHub
 from appliance.uplink.destination import Destination
 from tests.daemon_proc import running_daemon
-from tests.uplink_peers import (
-    MediaFeeder,
-    NginxRtmp,
-    ObservedHub,
-    SrtPeer,
-    cmdlines,
+from tests.uplink_peer_common import cmdlines, wait_for
+from tests.uplink_peer_hub import ObservedHub, section, wait_state
+from tests.uplink_peer_media import MediaFeeder, uplink
+from tests.uplink_peer_nginx import NginxRtmp, nginx_rtmp
+from tests.uplink_peer_probe import (
     codecs_of,
     dts_regressions,
     ffprobe_packets,
     ffprobe_streams,
-    make_ca,
-    make_tls,
     media_span,
-    nginx_rtmp,
-    section,
-    uplink,
-    wait_for,
-    wait_state,
 )
+from tests.uplink_peer_srt import SrtPeer
+from tests.uplink_peer_tls import make_ca, make_tls
 
 PUSH_S = 8.0  # how long the daemon pushes once the origin has accepted the stream
 DAEMON_GOP_S = 2.0  # packager.segment_s: a new connection starts at the next keyframe

@@ -25,19 +25,11 @@ from appliance.media.bus import MediaBus
 from appliance.status import StatusHub
 from appliance.uplink.destination import Destination
 from tests.daemon_proc import ROOT, free_port
-from tests.uplink_peers import (
-    MediaFeeder,
-    SrtPeer,
-    codecs_of,
-    dts_regressions,
-    ffprobe_packets,
-    free_udp_port,
-    media_span,
-    section,
-    uplink,
-    wait_for,
-    wait_state,
-)
+from tests.uplink_peer_common import wait_for
+from tests.uplink_peer_hub import section, wait_state
+from tests.uplink_peer_media import MediaFeeder, uplink
+from tests.uplink_peer_probe import codecs_of, dts_regressions, ffprobe_packets, media_span
+from tests.uplink_peer_srt import SrtPeer, free_udp_port
 
 GOP_S = 1.0  # MediaFeeder's keyframe interval
 
