@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import ssl
+import time
 import tomllib
 from pathlib import Path
 
@@ -100,6 +101,11 @@ class Daemon:
         self.hub = StatusHub()
         self.store = SegmentStore()
         self.bus = MediaBus()
+        # One media clock for the daemon's life: a stream restart is a jump on the same
+        # timeline (a new DASH Period), not a new timeline. A new clock would move the
+        # MPD's availabilityStartTime, which must not change between MPD updates, and
+        # players already playing would lose their place for good.
+        self.clock = MediaClock()
         self.packagers: list[TrackPackager] = []
         self.pipeline: CapturePipeline | None = None
         self.uplinks: UplinkManager | None = None
@@ -333,16 +339,16 @@ class Daemon:
 
     def _start_media(self, cfg: Config) -> None:
         loop = asyncio.get_running_loop()
-        clock = MediaClock()
+        clock = self.clock
 
         def fatal_threadsafe(exc: BaseException) -> None:
             loop.call_soon_threadsafe(self.fatal, exc)
 
         # Media sequence numbers must keep growing across restarts, or a player or cache
-        # could take new media for old. Start at the start time in tenths of a second:
-        # that outpaces a run's own (at most 1 segment/s), so a run that lasted over 0.1 s
-        # ended below the next run's first number.
-        first_msn = clock.start_wall_ns // 100_000_000
+        # could take new media for old. Start at this start's wall time in tenths of a
+        # second: that outpaces a run's own (at most 1 segment/s), so a run that lasted
+        # over 0.1 s ended below the next run's first number.
+        first_msn = time.time_ns() // 100_000_000
 
         def on_track(info: TrackInfo) -> None:
             # Called on a capture thread before the track's first packet is published.

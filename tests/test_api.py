@@ -6,6 +6,7 @@ import json
 import time
 import tomllib
 import urllib.request
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,20 @@ def api(daemon: DaemonProc) -> Client:
 
 def saved(d: DaemonProc) -> dict[str, Any]:
     return tomllib.loads((d.log_path.parent / "appliance.toml").read_text())
+
+
+def mpd_timeline(api: Client) -> tuple[str, str, int] | None:
+    """(availabilityStartTime, Period id, video startNumber) of the served MPD."""
+    r = api.get("/live/manifest.mpd")
+    if r.status != 200:
+        return None
+    ns = {"d": "urn:mpeg:dash:schema:mpd:2011"}
+    mpd = ET.fromstring(r.body)
+    period = mpd.find("d:Period", ns)
+    template = mpd.find(".//d:AdaptationSet[@contentType='video']//d:SegmentTemplate", ns)
+    assert period is not None and template is not None, r.body
+    return (mpd.get("availabilityStartTime", ""), period.get("id", ""),
+            int(template.get("startNumber", "0")))
 
 
 def sections(api: Client) -> dict[str, Any]:
@@ -149,10 +164,17 @@ def test_put_config_applies_uplinks_and_keeps_masked_secrets(daemon: DaemonProc,
     assert sections(api)["daemon"]["restart_needed"] == ["video"]
 
     # A stream restart puts the video change into effect.
+    before = mpd_timeline(api)
+    assert before is not None
     assert api.call("POST", "/api/v1/stream/restart").status == 200
     assert sections(api)["daemon"]["restart_needed"] == []
     wait_for(lambda: sections(api).get("encode.180p", {}).get("frames", 0) > 0, 15, "restarted")
     wait_for(lambda: api.get("/live/index.m3u8").status == 200, 15, "playlist back")
+    # The same timeline goes on: a new Period with higher numbers, and the same
+    # availabilityStartTime, which must not change between MPD updates.
+    after = wait_for(lambda: (t := mpd_timeline(api)) and t[1] != before[1] and t, 15,
+                     "a new Period")
+    assert after[0] == before[0] and after[2] > before[2], (before, after)
 
     cfg = api.get("/api/v1/config").json()
     cfg["uplink"] = []

@@ -36,15 +36,31 @@ function startDashJs(player, hooks) {
   const dash = MediaPlayer().create();
   player.dash = dash;
   dash.updateSettings(dashSettings);
+  const startOver = (delayMs) => {
+    dash.destroy();
+    player.dash = null;
+    setTimeout(() => startDashJs(player, hooks), delayMs);
+  };
   dash.on(events.ERROR, (e) => {
     const err = e.error || {};
     const fatal = FATAL_CODES.has(err.code);
     hooks.error(`${err.code}/${err.message || 'error'}${fatal ? ' (fatal)' : ''}`);
     if (!fatal || player.dash !== dash) return;
     hooks.setState(`error: ${err.message || err.code}, retrying`, 'bad');
-    dash.destroy();
-    player.dash = null;
-    setTimeout(() => startDashJs(player, hooks), hooks.retryMs);
+    startOver(hooks.retryMs);
+  });
+  // A stream restart (or the source lost and back) starts a new Period, and the MPD
+  // describes only the newest run of segments. dash.js would go on asking for the next
+  // segment of the Period it plays, which no longer exists, and stand still for good:
+  // once that Period has left the MPD, join the new one.
+  dash.on(events.MANIFEST_LOADED, (e) => {
+    const stream = player.dash === dash ? dash.getActiveStream() : null;
+    const playing = stream && stream.getStreamInfo().id;
+    const periods = [].concat((e.data && e.data.Period) || []);
+    if (!playing || periods.some((p) => p.id === playing)) return;
+    hooks.error(`period ${playing} ended`);
+    hooks.setState('the stream restarted: joining it again', 'warn');
+    startOver(0);
   });
   // The buffer of a track ran empty: dash.js's own stall report (a 'waiting' may follow).
   dash.on(events.BUFFER_EMPTY, () => hooks.bufferStalled());
