@@ -300,7 +300,7 @@ class Daemon:
             for section in self.hub.snapshot()["sections"]:
                 if section.startswith(("encode.", "package.", "media.")):
                     self.hub.remove(section)
-            self.store.tracks.clear()
+            self.store.clear()
             # The same bus: consumers that outlive the media (the WHEP preview) keep their
             # subscriptions; only the track list starts again.
             self.bus.clear_tracks()

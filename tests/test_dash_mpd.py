@@ -250,6 +250,32 @@ async def test_mapping_holds_with_numbers_that_do_not_start_at_zero() -> None:
     assert period is not None and period.attrib["start"] == "PT0S"
 
 
+async def test_after_a_stream_restart_the_period_starts_with_the_new_tracks() -> None:
+    # A stream restart: new tracks on the daemon's one clock, 14 s into it, numbered from
+    # the restart's own first msn. No time before 14 s may name a number (the new run
+    # has none there), even while the time-shift window still reaches back before it.
+    store = SegmentStore()
+    feeder = Feeder(store)
+    first = 17_000_000_140
+    for name, track in store.tracks.items():
+        track.first_msn = first
+        feeder.next_start[name] = 14.0
+    feeder.now = 14.0
+    period_ids = set()
+    while feeder.now < 14.0 + 2 * WINDOW_S:  # until the first segments have expired
+        feeder.advance_parts("720p")
+        mpd = render(store, feeder.now)
+        period = mpd.find("d:Period", NS)
+        assert period is not None
+        assert xs_duration(period.attrib["start"]) == pytest.approx(14.0)
+        assert {t.start_number for t in templates(mpd)} == {first}
+        problems = mapping_problems(store, mpd, feeder.now)
+        assert problems == [], (feeder.now, problems)
+        period_ids.add(period.attrib["id"])
+    assert len(period_ids) == 1
+    assert store.tracks["720p"].segment(first) is None  # expired: the start stayed put
+
+
 def jump(feeder: Feeder, names: list[str], seconds: float) -> None:
     """The source of `names` is lost for `seconds` and comes back: their media time jumps,
     their segment numbers go on by one (the packager starts a new segment)."""

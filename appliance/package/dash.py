@@ -24,9 +24,13 @@ offset changes. The MPD describes only the newest run: its Period's id is made f
 offsets (a new id exactly when some track's mapping changes, never otherwise), and while
 the run before is still held the Period starts at the jump, so that no earlier time maps
 to a number of the old run. Once the old run has expired, where the run began cannot be
-told any more and the Period starts at the lowest slot with a valid startNumber: the
-same id and the same number-to-time mapping, only an earlier Period@start, covering
-numbers that expired long before the time-shift window reaches them.
+told any more and the Period starts where the track's first number maps to: the same id
+and the same number-to-time mapping, only an earlier Period@start, covering numbers that
+expired long before the time-shift window reaches them.
+
+A stream restart starts new tracks on the same clock, numbered from a new first msn: their
+first run begins where that number maps to, so the Period starts there too, and no time
+before the restart names a number that never existed.
 """
 
 from __future__ import annotations
@@ -110,15 +114,17 @@ def newest_run(track: TrackStore) -> Run | None:
     return Run(offset, segments[i], after_jump=i > 0)
 
 
-def _begin_slot(run: Run, segment_s: float) -> int:
+def _begin_slot(track: TrackStore, run: Run, segment_s: float) -> int:
     """First slot the run's numbers may be used for.
 
-    Where the run began is known while the run before it is held; later it is not, and
-    the lowest slot that keeps startNumber >= 0 is taken (the numbers below the run are
-    long expired by then, so the wider start maps nothing wrongly)."""
+    Where the run began is known while the run before it is held. Otherwise the run is
+    the track's first, which began at the track's first number, unless the run before
+    has expired: then the first number's slot under this run's mapping is earlier than
+    where the run began (slots advance at least as fast as numbers), and the numbers it
+    adds below the run are long expired, so the wider start maps nothing wrongly."""
     if run.after_jump:
         return slot_of(run.first, segment_s)
-    return max(0, -run.offset)
+    return max(0, track.first_msn - run.offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +138,12 @@ class Anchor:
 
 
 def anchor(tracks: list[TrackStore], segment_s: float) -> Anchor | None:
-    runs = {t.info.name: newest_run(t) for t in tracks}
-    if any(r is None for r in runs.values()):
+    runs = {t.info.name: (t, newest_run(t)) for t in tracks}
+    held = {name: (t, r) for name, (t, r) in runs.items() if r is not None}
+    if len(held) < len(runs):
         return None
-    held = {name: r for name, r in runs.items() if r is not None}
-    begin = max(_begin_slot(r, segment_s) for r in held.values())
-    offsets = {name: r.offset for name, r in held.items()}
+    begin = max(_begin_slot(t, r, segment_s) for t, r in held.values())
+    offsets = {name: r.offset for name, (_t, r) in held.items()}
     key = ",".join(f"{name}={offsets[name]}" for name in sorted(offsets))
     return Anchor("p" + hashlib.sha1(key.encode()).hexdigest()[:10], begin, offsets)
 

@@ -59,6 +59,7 @@ class TrackStore:
         self.segments: deque[Segment] = deque()
         self.changed = asyncio.Condition()
         self.bytes_total = 0  # all media bytes ever stored, for bitrate figures
+        self.retired = False  # dropped from the store: it will never change again
 
     # -- writing (event loop only) ------------------------------------------------
 
@@ -87,6 +88,11 @@ class TrackStore:
         while len(self.segments) > 2 and edge - self.segments[1].start > self.window_s:
             self.segments.popleft()
 
+    def retire(self) -> None:
+        """The media restarted without this track: wake whoever waits on it, for good."""
+        self.retired = True
+        self._notify()
+
     def _notify(self) -> None:
         async def wake() -> None:
             async with self.changed:
@@ -101,6 +107,12 @@ class TrackStore:
         if self.segments and not self.segments[-1].complete:
             return self.segments[-1]
         return None
+
+    @property
+    def playable(self) -> bool:
+        """A whole segment is held (they complete in order, so the oldest is): what an HLS
+        player needs to start; hls.js takes a playlist of parts alone for an empty one."""
+        return bool(self.segments) and self.segments[0].complete
 
     @property
     def complete_segments(self) -> list[Segment]:
@@ -128,15 +140,16 @@ class TrackStore:
         return seg.parts[index]
 
     async def wait_until(self, ready: Callable[[], bool], timeout: float) -> bool:
-        """Wait until `ready()` holds (checked at each change); False after `timeout` s."""
+        """Wait until `ready()` holds (checked at each change); False after `timeout` s,
+        or as soon as the track is retired (what it waits for would never come)."""
         if ready():
             return True
         try:
             async with asyncio.timeout(timeout), self.changed:
-                await self.changed.wait_for(ready)
+                await self.changed.wait_for(lambda: ready() or self.retired)
         except TimeoutError:
-            return ready()
-        return True
+            pass
+        return ready()
 
 
 class SegmentStore:
@@ -154,6 +167,12 @@ class SegmentStore:
 
     def add_track(self, track: TrackStore) -> None:
         self.tracks[track.info.name] = track
+
+    def clear(self) -> None:
+        """Drop every track (the media restarts); requests waiting on one end now."""
+        for track in self.tracks.values():
+            track.retire()
+        self.tracks.clear()
 
     def video_tracks(self) -> list[TrackStore]:
         return [t for t in self.tracks.values() if t.info.kind == "video"]

@@ -130,19 +130,20 @@ class LiveRoutes:
         return _playlist(request, text, "no-cache")
 
     async def media_playlist(self, request: web.Request) -> web.StreamResponse:
-        track = self.track(request)
         try:
             directives = hls_request.parse_directives(request.query.items())
         except hls_request.HlsRequestError as exc:
             raise _Reply(400, str(exc)) from None
-        timing = self.timing()
-        started = await track.wait_until(lambda: track.last_position() is not None,
-                                         timing.block_limit)
-        if not started:
-            raise _Reply(503, "track not started", retry_after=1)
+        name = request.match_info["track"]
+        track = await self._started_track(name)
         if directives.msn is not None:
-            await self._block(track, timing, directives.msn, directives.part)
-        text = hls.render_media_playlist(self.store, track, self.timing(), directives.skip,
+            await self._block(track, self.timing(), directives.msn, directives.part)
+            if track.retired:
+                # The stream restarted while this request waited: the new track's playlist
+                # answers it (its numbers are all higher), so the player goes straight on.
+                track = await self._started_track(name)
+        timing = self.timing()
+        text = hls.render_media_playlist(self.store, track, timing, directives.skip,
                                          _uri_query(request))
         if text is None:
             raise _Reply(503, "track not started", retry_after=1)
@@ -151,15 +152,33 @@ class LiveRoutes:
         cache = "no-cache" if directives.msn is None else f"max-age={timing.target_duration}"
         return _playlist(request, text, cache)
 
+    async def _started_track(self, name: str) -> TrackStore:
+        """The track `name` once it holds a whole segment (start-up, stream restart): within
+        one segment, far sooner than a player's retries after an empty playlist. A restart
+        drops every track and makes the new ones within a second or so: one the ladder
+        still has is waited for, not refused."""
+        for _ in range(EXPECTED_WAIT_STEPS):
+            if name in self.store.tracks or name not in self.store.expected:
+                break
+            await asyncio.sleep(0.1)
+        track = self.store.tracks.get(name)
+        if track is None:
+            raise _Reply(404, "no such track")
+        if not await track.wait_until(lambda: track.playable, self.timing().block_limit):
+            raise _Reply(503, "track not started", retry_after=1)
+        return track
+
     async def _block(self, track: TrackStore, timing: hls.Timing, msn: int,
                      part: int | None) -> None:
+        """Wait for the update a blocking reload asks for; returns early if the track is
+        retired (the stream restarted)."""
         try:
             hls.check_blocking_request(track, timing, msn, part)
         except hls_request.HlsRequestError as exc:
             raise _Reply(400, str(exc)) from None
         ready = await track.wait_until(lambda: hls.playlist_ready(track, msn, part),
                                  timing.block_limit)
-        if not ready:
+        if not ready and not track.retired:
             # §6.2.5.2: after three target durations, SHOULD answer Service Unavailable.
             raise _Reply(503, "requested playlist update did not arrive in time")
 

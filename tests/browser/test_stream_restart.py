@@ -3,10 +3,11 @@
 within seconds, with hls.js (LL-HLS) and with dash.js (LL-DASH), both playing in one
 Chromium at the same time against the real daemon.
 
-The restart begins a new run of segments: new media sequence numbers, a new DASH Period
-on the same availabilityStartTime. dash.js on its own would keep asking for the next
-segment of the Period that left the MPD and stand still for good; the page joins the new
-Period."""
+The restart begins a new run of segments: media sequence numbers that jump ahead, a new
+DASH Period on the same availabilityStartTime. On their own, dash.js would keep asking for
+the next segment of the Period that left the MPD, and hls.js would place the new segments
+by their numbers, far ahead of their pictures; both stand still for good. The page joins
+the new run with either player."""
 
 from __future__ import annotations
 

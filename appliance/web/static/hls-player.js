@@ -30,19 +30,37 @@ export function startPlayer(player, hooks, page) {
 function startHlsJs(player, hooks) {
   const hls = new Hls(hlsConfig);
   player.hls = hls;
+  const startOver = (delayMs) => {
+    hls.destroy();
+    player.hls = null;
+    setTimeout(() => startHlsJs(player, hooks), delayMs);
+  };
   hls.on(Hls.Events.ERROR, (_event, data) => {
     hooks.error(`${data.type}/${data.details}${data.fatal ? ' (fatal)' : ''}`);
     if (data.details === Hls.ErrorDetails.BUFFER_STALLED_ERROR) hooks.bufferStalled();
-    if (!data.fatal) return;
+    if (!data.fatal || player.hls !== hls) return;
     hooks.setState(`error: ${data.details}, retrying`, 'bad');
     if (data.type === Hls.ErrorTypes.MEDIA_ERROR) {
       hls.recoverMediaError();
     } else {
       // Network errors (daemon restarting, media off in safe mode): start over.
-      hls.destroy();
-      player.hls = null;
-      setTimeout(() => startHlsJs(player, hooks), hooks.retryMs);
+      startOver(hooks.retryMs);
     }
+  });
+  // A stream restart begins a new run of segments whose numbers jump far ahead (the
+  // daemon numbers each run from its start time). hls.js would place the new segments by
+  // their numbers, minutes ahead of their pictures, and stand still: join the new run.
+  let lastSN = null;
+  hls.on(Hls.Events.LEVEL_LOADED, (_event, data) => {
+    const { startSN, endSN } = data.details;
+    if (player.hls !== hls) return;
+    if (lastSN !== null && startSN > lastSN + 1) {
+      hooks.error(`media sequence jumped from ${lastSN} to ${startSN}`);
+      hooks.setState('the stream restarted: joining it again', 'warn');
+      startOver(0);
+      return;
+    }
+    lastSN = endSN;
   });
   hls.on(Hls.Events.MANIFEST_PARSED, () => hooks.play());
   hls.loadSource(SRC);
